@@ -1,0 +1,450 @@
+"""The `tasksync` command: parse, build the app state, call the core, render, map errors.
+
+Library code never raises click exceptions; this module alone turns `TasksyncError`s into one
+line on stderr and an exit code (see sync/errors.py and the README's table).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sync import __version__
+from sync.config import Settings, SourceSettings, effective_view, load
+from sync.errors import ConfigError, TasksyncError
+
+log = logging.getLogger("tasksync")
+
+
+# ---- logging --------------------------------------------------------------------------------
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created).astimezone().isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        doc.update(getattr(record, "fields", {}))
+        return json.dumps(doc, default=str, ensure_ascii=False)
+
+
+def setup_logging(verbose: int, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+    # httpx logs every request at INFO; URLs are fine, but keep the noise for -vv.
+    for name in ("httpx", "httpcore", "apscheduler", "alembic"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
+
+
+# ---- state ----------------------------------------------------------------------------------
+@dataclass
+class App:
+    """What every command needs: the settings (loaded on first use) and global flags."""
+
+    config_path: str | None
+    db_url: str | None
+    verbose: int
+    log_format: str
+    _settings: Settings | None = field(default=None, repr=False)
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load(self.config_path, self.db_url)
+        return self._settings
+
+    def store(self, *, migrate_check: bool = True) -> Any:
+        from sync.store import Store
+
+        store = Store(self.settings.database.url)
+        store.ping()
+        if migrate_check:
+            store.require_current()
+        return store
+
+    def client(self, src: SourceSettings) -> Any:
+        from sync.client import Client
+
+        return Client(src, token=src.token())
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", metavar="PATH",
+              help="Config file (env TASKSYNC_CONFIG; default ./tasksync.toml when present).")
+@click.option("--db", "db_url", metavar="URL",
+              help="Database URL, overrides the config (env TASKSYNC_DATABASE_URL).")
+@click.option("-v", "--verbose", count=True, help="More logging; tracebacks on errors.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="Log line format.")
+@click.version_option(__version__, prog_name="tasksync")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, db_url: str | None, verbose: int,
+        log_format: str) -> None:
+    """Archive a Midjourney-proxy server's task list into SQL and keep it current."""
+    setup_logging(verbose, log_format)
+    ctx.obj = App(config_path, db_url, verbose, log_format)
+
+
+# ---- db ---------------------------------------------------------------------------------------
+@cli.group()
+def db() -> None:
+    """Schema migrations (Alembic)."""
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+@pass_app
+def db_upgrade(app: App, revision: str) -> None:
+    """Migrate the database up to REVISION (default: head)."""
+    store = app.store(migrate_check=False)
+    store.upgrade(revision)
+    click.echo(f"database {store.display_url} at revision {store.current()}")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+@pass_app
+def db_downgrade(app: App, revision: str) -> None:
+    """Migrate the database down to REVISION (e.g. 0001, or base)."""
+    store = app.store(migrate_check=False)
+    store.downgrade(revision)
+    click.echo(f"database {store.display_url} at revision {store.current() or 'base'}")
+
+
+@db.command("current")
+@pass_app
+def db_current(app: App) -> None:
+    """Print the database's schema revision and the newest one tasksync knows."""
+    store = app.store(migrate_check=False)
+    click.echo(f"current: {store.current() or 'none'}  head: {store.head()}")
+
+
+@db.command("check")
+@pass_app
+def db_check(app: App) -> None:
+    """Exit 1 unless the database is at head and matches the models."""
+    store = app.store(migrate_check=False)
+    store.require_current()
+    diffs = store.check()
+    if diffs:
+        raise TasksyncError(f"schema differs from the models: {'; '.join(diffs)[:500]}")
+    click.echo(f"database {store.display_url} is at head ({store.head()}) and matches the models")
+
+
+# ---- running -------------------------------------------------------------------------------
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """SIGINT/SIGTERM set an event; the run finishes its page, commits and stops."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        if stop.is_set():  # a second signal: the user really means it
+            raise KeyboardInterrupt
+        log.info("%s received: finishing the current page, then stopping",
+                 signal.Signals(signum).name)
+        stop.set()
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def log_run(report: Any) -> None:
+    """One line per run, text or JSON (the fields go into the JSON record)."""
+    fields = {k: getattr(report, k) for k in (
+        "source", "kind", "outcome", "pages", "requests", "retries", "inserted", "changed",
+        "unchanged", "gone", "returned", "rejected")}  # fmt: skip
+    fields["duration_s"] = round(report.duration_s, 2)
+    if report.dry_run:
+        fields["dry_run"] = True
+    text = " ".join(f"{k}={v}" for k, v in fields.items())
+    if report.error:
+        text += f" error={report.error!r}"
+    for note in report.notes:
+        text += f" ({note})"
+    log.info("run %s", text, extra={"fields": fields})
+
+
+class ProgressDisplay:
+    """A rich progress bar on a terminal; a plain log line every few seconds otherwise."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.tty = sys.stderr.isatty()
+        self.bar: Any = None
+        self.last_log = 0.0
+
+    def __enter__(self) -> ProgressDisplay:
+        if self.tty:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)  # fmt: skip
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                                MofNCompleteColumn(), TextColumn("tasks · {task.fields[pages]} pages"),
+                                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                transient=False)  # fmt: skip
+            self.bar.start()
+            self.task = self.bar.add_task(self.label, total=None, pages=0)
+        return self
+
+    def __call__(self, pages: int, tasks: int, total: int | None) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=tasks, total=total, pages=pages)
+            return
+        now = time.monotonic()
+        if now - self.last_log >= 5 or pages == 1:
+            self.last_log = now
+            of = f" of about {total}" if total is not None else ""
+            log.info("%s: %d pages, %d tasks%s", self.label, pages, tasks, of)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def run_each(app: App, name: str | None, job: Callable[[Any, Any, SourceSettings], Any]) -> None:
+    """Run `job` for each selected source; the exit code is the worst outcome."""
+    sources = app.settings.source(name)
+    store = app.store()
+    worst: TasksyncError | None = None
+    for src in sources:
+        client = app.client(src)
+        try:
+            report = job(store, client, src)
+            log_run(report)
+        except TasksyncError as exc:
+            if len(sources) == 1:
+                raise
+            log.error("source %s: %s", src.name, exc)
+            worst = exc if worst is None or exc.exit_code > worst.exit_code else worst
+        finally:
+            client.close()
+    if worst is not None:
+        raise worst
+
+
+@cli.command()
+@click.option("--source", "name", help="Only this source (default: all).")
+@click.option("--restart", is_flag=True, help="Ignore the checkpoint and walk from the top.")
+@pass_app
+def backfill(app: App, name: str | None, restart: bool) -> None:
+    """Walk everything the server lists into the archive (resumable)."""
+    from sync import pipeline
+
+    def job(store: Any, client: Any, src: SourceSettings) -> Any:
+        with stop_on_signals() as stop, ProgressDisplay(f"backfill {src.name}") as progress:
+            return pipeline.backfill(store, client, src, restart=restart, progress=progress,
+                                     stop=stop)  # fmt: skip
+
+    run_each(app, name, job)
+
+
+@cli.command("sync")
+@click.option("--source", "name", help="Only this source (default: all).")
+@click.option("--sweep", is_flag=True, help="A full drift-aware walk that also marks gone tasks.")
+@click.option("--dry-run", is_flag=True, help="Report what would change; write nothing.")
+@click.option("--allow-mass-gone", is_flag=True,
+              help="Let a sweep mark more than mass_gone_share of the archive gone.")
+@pass_app
+def sync_cmd(app: App, name: str | None, sweep: bool, dry_run: bool,
+             allow_mass_gone: bool) -> None:
+    """One incremental sync (new tasks + unfinished re-checks), or a sweep with --sweep."""
+    from sync import pipeline
+
+    def job(store: Any, client: Any, src: SourceSettings) -> Any:
+        with stop_on_signals() as stop:
+            if sweep:
+                return pipeline.sweep(store, client, src, dry_run=dry_run,
+                                      allow_mass_gone=allow_mass_gone, stop=stop)  # fmt: skip
+            return pipeline.incremental(store, client, src, dry_run=dry_run, stop=stop)
+
+    run_each(app, name, job)
+
+
+# ---- reading --------------------------------------------------------------------------------
+def _cell(v: Any) -> Any:
+    if isinstance(v, datetime | date):
+        return v.isoformat()
+    if isinstance(v, Decimal):
+        return float(v)
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    return v
+
+
+def render(cols: list[str], rows: list[tuple[Any, ...]], fmt: str) -> str:
+    rows = [tuple(_cell(v) for v in r) for r in rows]
+    if fmt == "json":
+        return json.dumps([dict(zip(cols, r, strict=True)) for r in rows], ensure_ascii=False,
+                          default=str, indent=1)  # fmt: skip
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(cols)
+        w.writerows(rows)
+        return buf.getvalue().rstrip("\n")
+    cells = [[("" if v is None else str(v)).replace("\n", " ")[:60] for v in r] for r in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)),
+             "  ".join("-" * w for w in widths)]  # fmt: skip
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    lines.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.argument("sql")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True)
+@pass_app
+def query(app: App, sql: str, fmt: str) -> None:
+    """Run one read-only SQL statement over the archive; writes are refused."""
+    from sync.store import Store
+
+    store = Store(app.settings.database.url)
+    cols, rows = store.readonly_query(sql)
+    click.echo(render(cols, rows, fmt))
+
+
+@cli.command()
+@pass_app
+def status(app: App) -> None:
+    """Per source: last runs, tasks archived, unfinished tasks, time since last success."""
+    from sync.report import source_status
+
+    store = app.store()
+    names = [s.name for s in app.settings.sources] or None
+    for st in source_status(store, names):
+        click.echo(st)
+
+
+# ---- config, simulator, demo --------------------------------------------------------------------
+@cli.group("config")
+def config_group() -> None:
+    """Inspect the configuration."""
+
+
+@config_group.command("check")
+@pass_app
+def config_check(app: App) -> None:
+    """Validate the config and print the effective settings, secrets redacted."""
+    settings = app.settings
+    click.echo(f"# config: {settings.path or '(none: defaults and environment)'}")
+    click.echo(json.dumps(effective_view(settings), indent=2, ensure_ascii=False))
+    for src in settings.sources:
+        src.token()  # a missing secret is a config error, said now rather than at 3 a.m.
+
+
+@cli.command()
+@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--tasks", type=int, default=10_000, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--token-env", metavar="NAME", help="Require the token in this env variable.")
+@click.option("--arrivals", type=float, default=0.0, help="New tasks per request (live mode).")
+@click.option("--updates", type=float, default=0.0, help="Status steps per request.")
+@click.option("--expiries", type=float, default=0.0, help="Oldest tasks dropped per request.")
+@click.option("--faults", default="", metavar="SPEC",
+              help="e.g. '429=0.1,5xx=0.05,truncate=0.02,slow=0.02,drop=0.01,refuse=0.01'.")
+@click.option("--nested", is_flag=True, help="Answer with the nested Spring page shape.")
+def simulate(port: int, host: str, tasks: int, seed: int, token_env: str | None,
+             arrivals: float, updates: float, expiries: float, faults: str,
+             nested: bool) -> None:  # fmt: skip
+    """Run the built-in simulator alone, to point a config at."""
+    from sync.simulator import Faults, Simulator, SimulatorServer
+
+    token = None
+    if token_env:
+        token = os.environ.get(token_env)
+        if not token:
+            raise ConfigError(f"--token-env {token_env}: the variable is not set")
+    try:
+        plan = Faults.parse(faults)
+    except ValueError as exc:
+        raise ConfigError(f"--faults: {exc}") from None
+    sim = Simulator(tasks, seed=seed, token=token, arrivals_per_request=arrivals,
+                    updates_per_request=updates, expiries_per_request=expiries, faults=plan,
+                    nested=nested)  # fmt: skip
+    try:
+        server = SimulatorServer(sim, host, port).start()
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    click.echo(f"simulator serving {tasks} tasks at {server.url} (Ctrl-C to stop)", err=True)
+    with stop_on_signals() as stop:
+        while not stop.wait(0.5):
+            pass
+    server.stop()
+
+
+@cli.command()
+@click.option("--path", "db_path", default="tasksync-demo.db", show_default=True,
+              help="The SQLite file the demo (re)creates.")
+@click.option("--tasks", type=int, default=5000, show_default=True)
+def demo(db_path: str, tasks: int) -> None:
+    """Offline demo: simulator → SQLite backfill → incremental sync → history answers."""
+    from sync.demo import run_demo
+
+    run_demo(Path(db_path), tasks, ProgressDisplay)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning errors into one line and an exit code."""
+    verbose = any(a in ("-v", "--verbose") or (a.startswith("-v") and set(a[1:]) == {"v"})
+                  for a in (argv if argv is not None else sys.argv[1:]))  # fmt: skip
+    try:
+        cli.main(args=argv, prog_name="tasksync", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("tasksync: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except TasksyncError as exc:
+        if verbose:
+            traceback.print_exc()
+        click.echo(f"tasksync: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("tasksync: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:
+        if verbose:
+            traceback.print_exc()
+        click.echo(f"tasksync: internal error: {type(exc).__name__}: {exc} "
+                   "(run with -v for the traceback)", err=True)  # fmt: skip
+        sys.exit(1)

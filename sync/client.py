@@ -1,0 +1,269 @@
+"""The only door to the network: the plus API (`POST /mj/task/query`, `list-by-condition`),
+with auth, timeouts, retries (stamina), a per-source rate limit and strict response checks.
+
+It returns parsed task objects (dicts, as the server sent them) inside `Page`s; it never hands
+out raw HTTP responses, and never puts the token in a message.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import orjson
+import stamina
+
+from sync.config import SourceSettings
+from sync.errors import (
+    AuthRefused,
+    BadResponse,
+    HTTPStatusError,
+    ServerError,
+    ServerRefused,
+    ServerUnreachable,
+)
+
+log = logging.getLogger("tasksync.client")
+
+QUERY_PATH = "/mj/task/query"
+BY_IDS_PATH = "/mj/task/list-by-condition"
+RETRY_STATUSES = {429, 500, 502, 503, 504}
+BY_IDS_MAX = 100
+
+
+@dataclass(slots=True)
+class Page:
+    """One page of the task list, newest first."""
+
+    number: int
+    size: int
+    tasks: list[Any]
+    total: int | None
+    last: bool
+
+
+class _Transient(ServerError):
+    """A failure worth retrying; `retry_after` is the server's wish, in seconds."""
+
+    def __init__(
+        self, message: str, final: type[ServerError], retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.final = final  # what to raise once retries are exhausted
+        self.retry_after = retry_after
+
+
+class RateLimiter:
+    """At most `rate` request starts per second, shared by every thread of a source."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self.interval
+        if start > now:
+            time.sleep(start - now)
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+class Client:
+    """A plus-API client for one source."""
+
+    def __init__(
+        self,
+        source: SourceSettings,
+        *,
+        token: str | None = None,
+        transport: httpx.BaseTransport | None = None,
+        wait_initial: float = 0.5,
+        wait_max: float = 30.0,
+    ) -> None:
+        self.source = source
+        self.base = source.base_url.rstrip("/")
+        headers = {"Accept": "application/json", "User-Agent": "tasksync"}
+        if token:
+            if source.auth_header == "Authorization":
+                headers["Authorization"] = f"Bearer {token}"
+            else:
+                headers["mj-api-secret"] = token
+        verify: ssl.SSLContext | bool = True
+        if source.ca_bundle is not None:
+            verify = ssl.create_default_context(cafile=str(source.ca_bundle))
+        self.http = httpx.Client(
+            headers=headers,
+            timeout=httpx.Timeout(source.timeout_s, connect=min(10.0, source.timeout_s)),
+            transport=transport,
+            verify=verify,
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=max(4, source.concurrency * 2)),
+        )
+        self.limiter = RateLimiter(source.max_requests_per_second)
+        self.wait_initial = wait_initial
+        self.wait_max = wait_max
+        self.requests = 0
+        self.retries = 0
+        self._count_lock = threading.Lock()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- one request, retried ---------------------------------------------------------------
+    def _post(self, path: str, body: dict[str, Any]) -> Any:
+        url = self.base + path
+
+        def backoff(exc: Exception) -> bool | float:
+            if not isinstance(exc, _Transient):
+                return False
+            if exc.retry_after is not None:
+                return min(exc.retry_after, self.source.retry_budget_s)
+            return True
+
+        try:
+            for attempt in stamina.retry_context(
+                on=backoff,
+                attempts=self.source.retry_attempts,
+                timeout=self.source.retry_budget_s,
+                wait_initial=self.wait_initial,
+                wait_max=self.wait_max,
+            ):
+                with attempt:
+                    if attempt.num > 1:
+                        with self._count_lock:
+                            self.retries += 1
+                    return self._post_once(url, body)
+        except _Transient as exc:
+            raise exc.final(f"{exc} (gave up after retries)") from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _post_once(self, url: str, body: dict[str, Any]) -> Any:
+        name = self.source.name
+        self.limiter.wait()
+        with self._count_lock:
+            self.requests += 1
+        try:
+            resp = self.http.post(url, content=orjson.dumps(body),
+                                  headers={"Content-Type": "application/json"})  # fmt: skip
+        except httpx.TimeoutException:
+            raise _Transient(f"source {name}: POST {url}: timed out", ServerUnreachable) from None
+        except (httpx.TransportError, OSError) as exc:
+            raise _Transient(
+                f"source {name}: POST {url}: server unreachable ({exc})", ServerUnreachable
+            ) from None
+        status = resp.status_code
+        ctype = resp.headers.get("content-type", "").split(";")[0].strip() or "no content type"
+        if status in (401, 403):
+            raise AuthRefused(
+                f"source {name}: POST {url} returned {status}: the server refused the token "
+                f"(check {self.source.token_env or self.source.token_file or 'the token'} and "
+                f"auth_header = {self.source.auth_header!r})"
+            )
+        if status in RETRY_STATUSES:
+            raise _Transient(
+                f"source {name}: POST {url} returned {status} ({ctype})",
+                ServerError,
+                parse_retry_after(resp.headers.get("retry-after")),
+            )
+        if status != 200:
+            raise HTTPStatusError(f"source {name}: POST {url} returned {status} ({ctype})", status)
+        content = resp.content
+        if not content.strip():
+            raise _Transient(
+                f"source {name}: POST {url} returned {status} {ctype} with an empty body, "
+                "not JSON",
+                BadResponse,
+            )
+        try:
+            return orjson.loads(content)
+        except orjson.JSONDecodeError:
+            looks_html = content.lstrip()[:1] == b"<"
+            hint = " (an HTML page: a proxy in the way, or a wrong base_url?)" if looks_html else ""
+            what = "not JSON" if looks_html or "json" not in ctype else "truncated or invalid JSON"
+            raise _Transient(
+                f"source {name}: POST {url} returned {status} {ctype}, {what}{hint}", BadResponse
+            ) from None
+
+    # ---- the API ----------------------------------------------------------------------------
+    def query_page(self, number: int, size: int) -> Page:
+        """One page of `POST /mj/task/query`, sorted by id, newest first."""
+        url = self.base + QUERY_PATH
+        data = self._post(QUERY_PATH, {"pageNumber": number, "pageSize": size, "sort": "id,desc"})
+        return parse_page(data, number, size, f"source {self.source.name}: POST {url}")
+
+    def list_by_ids(self, ids: list[str]) -> list[Any]:
+        """`POST /mj/task/list-by-condition` for at most 100 ids; unknown ids are left out."""
+        if len(ids) > BY_IDS_MAX:
+            raise ValueError("at most 100 ids per request")
+        url = self.base + BY_IDS_PATH
+        data = self._post(BY_IDS_PATH, {"ids": ids})
+        where = f"source {self.source.name}: POST {url}"
+        _refused(data, where)
+        if not isinstance(data, list):
+            raise BadResponse(f"{where}: expected a JSON array of tasks, got {type(data).__name__}")
+        return data
+
+
+def _refused(data: Any, where: str) -> None:
+    if isinstance(data, dict) and data.get("success") is False:
+        msg = str(data.get("message") or data.get("description") or "no message")[:300]
+        code = data.get("code")
+        raise ServerRefused(f"{where}: the server said success=false (code {code}): {msg}")
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def parse_page(data: Any, number: int, size: int, where: str) -> Page:
+    """A Spring `Page` in the classic flat shape or the nested `{content, page{...}}` shape."""
+    _refused(data, where)
+    if not isinstance(data, dict) or not isinstance(data.get("content"), list):
+        got = type(data).__name__ if not isinstance(data, dict) else f"keys {sorted(data)[:6]}"
+        raise BadResponse(f"{where}: expected a Spring Page with a 'content' list, got {got}")
+    tasks: list[Any] = data["content"]
+    nested = data.get("page")
+    if isinstance(nested, dict):
+        total = _int(nested.get("totalElements"))
+        pages = _int(nested.get("totalPages"))
+        num = _int(nested.get("number"))
+        last = not tasks or (pages is not None and num is not None and num >= pages - 1)
+    else:
+        total = _int(data.get("totalElements"))
+        flag = data.get("last")
+        last = not tasks or flag is True
+        if not isinstance(flag, bool):
+            pages = _int(data.get("totalPages"))
+            last = last or (pages is not None and number >= pages - 1)
+    return Page(number=number, size=size, tasks=tasks, total=total, last=bool(last))

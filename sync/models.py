@@ -1,0 +1,186 @@
+"""The archive's schema, declared once (SPEC §4). Alembic revisions create it; tests check that
+the migrations and these models agree."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.dialects import mysql, postgresql
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+TERMINAL_STATUSES = ("SUCCESS", "FAILURE", "CANCEL")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC timestamps on every dialect (SQLite and MariaDB store naive UTC)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime(timezone=True))
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name != "postgresql" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+LongText = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+Json = JSON().with_variant(postgresql.JSONB(), "postgresql")
+EventId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime()}
+
+
+class Task(Base):
+    """One task as last seen on one source's server."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        Index("ix_tasks_source_status", "source", "status"),
+        Index("ix_tasks_source_submit_time", "source", "submit_time"),
+        Index("ix_tasks_submit_time_action", "submit_time", "action"),
+        Index("ix_tasks_finish_time", "finish_time"),
+        Index("ix_tasks_source_gone_at", "source", "gone_at"),
+    )
+
+    source: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    action: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str | None] = mapped_column(String(64))
+    prompt: Mapped[str | None] = mapped_column(LongText)
+    prompt_en: Mapped[str | None] = mapped_column(LongText)
+    description: Mapped[str | None] = mapped_column(LongText)
+    state: Mapped[str | None] = mapped_column(LongText)
+    progress: Mapped[str | None] = mapped_column(String(64))
+    image_url: Mapped[str | None] = mapped_column(LongText)
+    fail_reason: Mapped[str | None] = mapped_column(LongText)
+    submit_time: Mapped[datetime | None]
+    start_time: Mapped[datetime | None]
+    finish_time: Mapped[datetime | None]
+    queue_ms: Mapped[int | None] = mapped_column(BigInteger)
+    run_ms: Mapped[int | None] = mapped_column(BigInteger)
+    total_ms: Mapped[int | None] = mapped_column(BigInteger)
+    properties: Mapped[Any | None] = mapped_column(Json)
+    buttons: Mapped[Any | None] = mapped_column(Json)
+    raw: Mapped[Any] = mapped_column(Json)
+    content_hash: Mapped[str] = mapped_column(String(32))
+    first_seen_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    last_changed_at: Mapped[datetime]
+    gone_at: Mapped[datetime | None]
+
+
+class SyncRun(Base):
+    """One backfill, sync or sweep of one source: its counts and outcome."""
+
+    __tablename__ = "sync_runs"
+    __table_args__ = (Index("ix_sync_runs_source_started_at", "source", "started_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    outcome: Mapped[str] = mapped_column(String(16))
+    pages: Mapped[int] = mapped_column(Integer, default=0)
+    requests: Mapped[int] = mapped_column(Integer, default=0)
+    retries: Mapped[int] = mapped_column(Integer, default=0)
+    tasks_seen: Mapped[int] = mapped_column(Integer, default=0)
+    inserted: Mapped[int] = mapped_column(Integer, default=0)
+    changed: Mapped[int] = mapped_column(Integer, default=0)
+    unchanged: Mapped[int] = mapped_column(Integer, default=0)
+    gone: Mapped[int] = mapped_column(Integer, default=0)
+    returned: Mapped[int] = mapped_column(Integer, default=0)
+    rejected: Mapped[int] = mapped_column(Integer, default=0)
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    host: Mapped[str | None] = mapped_column(String(255))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class TaskEvent(Base):
+    """One observed change of one task: created, changed, gone or returned."""
+
+    __tablename__ = "task_events"
+    __table_args__ = (
+        Index("ix_task_events_source_task_id_observed_at", "source", "task_id", "observed_at"),
+        Index("ix_task_events_observed_at", "observed_at"),
+        Index("ix_task_events_run_id", "run_id"),
+    )
+
+    id: Mapped[int] = mapped_column(EventId, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(64))
+    task_id: Mapped[str] = mapped_column(String(255))
+    observed_at: Mapped[datetime]
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("sync_runs.id"))
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str | None] = mapped_column(String(64))
+    previous_status: Mapped[str | None] = mapped_column(String(64))
+    progress: Mapped[str | None] = mapped_column(String(64))
+    changed: Mapped[Any | None] = mapped_column(Json)
+
+
+class Checkpoint(Base):
+    """Where an interrupted backfill of a source resumes: anchored on an id, not a page."""
+
+    __tablename__ = "sync_checkpoints"
+
+    source: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    page: Mapped[int] = mapped_column(Integer)
+    cursor_id: Mapped[str | None] = mapped_column(String(255))
+    cursor_total: Mapped[int | None] = mapped_column(BigInteger)
+    run_id: Mapped[int | None] = mapped_column(Integer)
+    updated_at: Mapped[datetime]
+
+
+class Lease(Base):
+    """Who holds a source's writer lock (the lock itself on SQLite; a name tag elsewhere)."""
+
+    __tablename__ = "sync_leases"
+
+    source: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    acquired_at: Mapped[datetime]
+    heartbeat_at: Mapped[datetime]
+    expires_at: Mapped[datetime]

@@ -1,0 +1,261 @@
+"""backfill, sync and sweep: plain functions taking (store, client, source, clock).
+
+Data flows one way: the client fetches pages, the walker decides which page comes next, the
+store saves. Every run is recorded in `sync_runs` (unless it is a dry run) and guarded by the
+source's writer lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sync.client import BY_IDS_MAX, Client, Page
+from sync.config import SourceSettings
+from sync.errors import TasksyncError
+from sync.store import SaveResult, Store
+from sync.walk import Cursor, WalkStats, page_ids, walk
+
+log = logging.getLogger("tasksync.pipeline")
+
+Clock = Callable[[], datetime]
+Progress = Callable[[int, int, int | None], None]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class RunReport:
+    """What one run did; also the `sync_runs` counters."""
+
+    source: str
+    kind: str
+    outcome: str = "running"
+    run_id: int | None = None
+    pages: int = 0
+    requests: int = 0
+    retries: int = 0
+    tasks_seen: int = 0
+    inserted: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    gone: int = 0
+    returned: int = 0
+    rejected: int = 0
+    duration_s: float = 0.0
+    error: str | None = None
+    dry_run: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def absorb(self, res: SaveResult) -> None:
+        self.tasks_seen += res.seen
+        self.inserted += res.inserted
+        self.changed += res.changed
+        self.unchanged += res.unchanged
+        self.returned += res.returned
+        self.rejected += res.rejected
+
+    def counts(self) -> dict[str, int]:
+        keys = ("pages", "requests", "retries", "tasks_seen", "inserted", "changed",
+                "unchanged", "gone", "returned", "rejected")  # fmt: skip
+        return {k: getattr(self, k) for k in keys}
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Interrupted(Exception):
+    """A stop was requested; the run ends after the page it was on."""
+
+
+def _check(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise Interrupted
+
+
+def run_recorded(
+    store: Store,
+    client: Client,
+    src: SourceSettings,
+    kind: str,
+    clock: Clock,
+    body: Callable[[RunReport], None],
+    *,
+    dry_run: bool = False,
+) -> RunReport:
+    """Lock the source, record the run, run `body`, record the outcome (also on failure)."""
+    report = RunReport(source=src.name, kind=kind, dry_run=dry_run)
+    t0 = time.monotonic()
+    req0, ret0 = client.requests, client.retries
+    if dry_run:
+        try:
+            body(report)
+            report.outcome = "ok"
+        finally:
+            report.requests, report.retries = client.requests - req0, client.retries - ret0
+            report.duration_s = time.monotonic() - t0
+        return report
+    with store.lock(src.name, clock()):
+        report.run_id = store.start_run(src.name, kind, clock())
+        try:
+            body(report)
+            report.outcome = "ok"
+        except Interrupted:
+            report.outcome = "interrupted"
+        except TasksyncError as exc:
+            report.outcome, report.error = "failed", str(exc)
+            raise
+        except Exception as exc:
+            report.outcome, report.error = "failed", f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            report.requests, report.retries = client.requests - req0, client.retries - ret0
+            report.duration_s = time.monotonic() - t0
+            try:
+                store.finish_run(report.run_id, report.counts(), report.outcome, report.error,
+                                 clock())  # fmt: skip
+            except Exception as exc:  # the database may be what failed; keep the first error
+                log.warning("source %s: could not record the run's outcome: %s", src.name,
+                            store.db_error(exc, "recording the outcome"))  # fmt: skip
+    return report
+
+
+def _pages(client: Client, src: SourceSettings) -> Callable[[int], Page]:
+    return lambda n: client.query_page(n, src.page_size)
+
+
+def backfill(
+    store: Store,
+    client: Client,
+    src: SourceSettings,
+    clock: Clock = utcnow,
+    *,
+    restart: bool = False,
+    progress: Progress | None = None,
+    stop: threading.Event | None = None,
+) -> RunReport:
+    """A complete walk of everything the server lists, resumable from its checkpoint."""
+
+    def body(report: RunReport) -> None:
+        if restart:
+            store.clear_checkpoint(src.name, "backfill")
+        saved = store.checkpoint(src.name, "backfill")
+        start = Cursor(*saved) if saved else None
+        if start:
+            report.notes.append(f"resumed at page {start.page} after id {start.last_id}")
+        stats = WalkStats()
+        for page, cursor in walk(_pages(client, src), start, stats):
+            res = store.save(src.name, page.tasks, report.run_id, clock(),
+                             checkpoint=("backfill", cursor.page, cursor.last_id, cursor.total))  # fmt: skip
+            report.pages += 1
+            report.absorb(res)
+            if progress:
+                progress(report.pages, report.tasks_seen, page.total)
+            _check(stop)
+        store.clear_checkpoint(src.name, "backfill")
+        report.notes.append(f"{stats.repairs} drift repairs")
+
+    return run_recorded(store, client, src, "backfill", clock, body)
+
+
+def _save_unseen(
+    store: Store, src: SourceSettings, tasks: list[Any], seen: set[str], report: RunReport,
+    clock: Clock, dry_run: bool,
+) -> SaveResult:  # fmt: skip
+    """Save tasks not already handled in this run (so dry-run counts are not doubled)."""
+    fresh = [t for t in tasks if not (isinstance(t, dict) and str(t.get("id")) in seen)]
+    res = store.save(src.name, fresh, report.run_id, clock(), dry_run=dry_run)
+    report.absorb(res)
+    seen.update(res.statuses)
+    return res
+
+
+def incremental(
+    store: Store,
+    client: Client,
+    src: SourceSettings,
+    clock: Clock = utcnow,
+    *,
+    dry_run: bool = False,
+    stop: threading.Event | None = None,
+) -> RunReport:
+    """New tasks from the head of the list, plus a re-check of every unfinished task."""
+
+    def body(report: RunReport) -> None:
+        seen: set[str] = set()
+        known_run = 0
+        page_no = 0
+        while True:
+            page = client.query_page(page_no, src.page_size)
+            report.pages += 1
+            ids = page_ids(page)
+            res = _save_unseen(store, src, page.tasks, seen, report, clock, dry_run)
+            # The head pass ends once `head_margin` archived tasks follow the newest new one:
+            # a margin that absorbs out-of-order ids from several server instances.
+            for tid in ids:
+                known_run = 0 if tid in res.new_ids else known_run + 1
+            _check(stop)
+            if page.last or not ids or known_run >= src.head_margin:
+                break
+            page_no += 1
+        pending = [i for i in store.unfinished_ids(src.name) if i not in seen]
+        for i in range(0, len(pending), BY_IDS_MAX):
+            batch = pending[i : i + BY_IDS_MAX]
+            tasks = client.list_by_ids(batch)
+            _save_unseen(store, src, tasks, seen, report, clock, dry_run)
+            _check(stop)
+
+    return run_recorded(store, client, src, "sync", clock, body, dry_run=dry_run)
+
+
+def sweep(
+    store: Store,
+    client: Client,
+    src: SourceSettings,
+    clock: Clock = utcnow,
+    *,
+    dry_run: bool = False,
+    allow_mass_gone: bool = False,
+    stop: threading.Event | None = None,
+) -> RunReport:
+    """A full drift-aware walk; after a sound one, tasks no longer listed are marked gone."""
+
+    def body(report: RunReport) -> None:
+        seen: set[str] = set()
+        stats = WalkStats()
+        for page, _cursor in walk(_pages(client, src), None, stats):
+            report.pages += 1
+            _save_unseen(store, src, page.tasks, seen, report, clock, dry_run)
+            seen.update(page_ids(page))
+            _check(stop)
+        if stats.repairs:
+            report.notes.append(f"{stats.repairs} drift repairs")
+        if not stats.complete or stats.unrepaired or not stats.verified:
+            why = (
+                "drift could not be repaired"
+                if stats.unrepaired
+                else "the list is not sorted by id or has no totalElements"
+            )
+            report.notes.append(f"nothing marked gone: {why}")
+            log.warning("source %s: sweep marks nothing gone: %s", src.name, why)
+            return
+        report.gone = store.mark_gone(src.name, seen, report.run_id, clock(),
+                                      max_share=src.mass_gone_share, allow_mass=allow_mass_gone,
+                                      dry_run=dry_run)  # fmt: skip
+        if not dry_run:
+            store.touch_seen(src.name, clock())
+
+    return run_recorded(store, client, src, "sweep", clock, body, dry_run=dry_run)
+
+
+def request_bound(new: int, unfinished: int, page_size: int) -> int:
+    """The most requests an incremental sync may make (asserted in tests)."""
+    return math.ceil(new / page_size) + math.ceil(unfinished / BY_IDS_MAX) + 2

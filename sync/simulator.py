@@ -1,0 +1,422 @@
+"""The built-in fake plus server: deterministic, realistic tasks on a loopback port.
+
+Used by `tasksync demo`, `tasksync simulate`, the tests and the benchmarks. Standard library
+plus orjson only, so it starts in milliseconds. Everything that happens (tasks, arrivals,
+status progression, expiry, injected faults) follows from the seed and the request count, so a
+test can replay it; tests can also mutate it directly between requests (`on_request`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import orjson
+
+ACTIONS = ["IMAGINE"] * 5 + ["UPSCALE"] * 3 + ["VARIATION"] * 2 + [
+    "ZOOM", "PAN", "DESCRIBE", "BLEND", "SHORTEN", "SWAP_FACE",
+]  # fmt: skip
+UNFINISHED = ("NOT_START", "SUBMITTED", "MODAL", "IN_PROGRESS")
+TERMINAL = ("SUCCESS", "FAILURE", "CANCEL")
+LONG_PROMPT = ("ultra detailed isometric diorama of a floating library, " * 80)[:4000]
+PROMPTS = [
+    "a cat astronaut floating above Earth, cinematic lighting --ar 16:9",
+    "赛博朋克风格的城市夜景，霓虹灯倒映在雨中的街道 --v 6",
+    "🐉 a dragon over 富士山 at dawn 🌸✨ --niji 6",
+    "portrait of an old sailor, oil painting, Rembrandt style",
+    "https://cdn.example.com/ref/8812.png a girl reading under a tree --iw 2",
+    "minimalist logo of a fox, flat vector, white background",
+    "수채화 풍경, 바닷가 마을 🏖️",
+    LONG_PROMPT,
+    "product photo of a perfume bottle on wet black stone,\nstudio light\n--style raw",
+    "Ελληνικός ναός στο ηλιοβασίλεμα, 8k",
+]
+FAIL_REASONS = ["[Invalid parameter] Unrecognized parameter(s): --foo",
+                "Banned prompt detected: 🚫", "任务超时", "Create task error"]  # fmt: skip
+T0_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+GAP_MS = 7_000
+
+
+def _h(i: int, salt: int) -> int:
+    return ((i + 1) * 2654435761 + salt * 40503 + 12345) & 0xFFFFFFFF
+
+
+@dataclass
+class Faults:
+    """Per-request fault probabilities, drawn from the simulator's seeded RNG."""
+
+    rate_limit: float = 0.0  # 429 with Retry-After
+    server_error: float = 0.0  # 502 with an HTML body
+    truncated: float = 0.0  # 200 with half a JSON body
+    slow: float = 0.0  # reply after `slow_s`
+    drop: float = 0.0  # close the connection without a reply
+    refuse: float = 0.0  # 200 {"success": false}
+    html: float = 0.0  # 200 text/html (a proxy's page)
+    slow_s: float = 0.2
+    retry_after: str = "0"
+
+    @classmethod
+    def parse(cls, text: str) -> Faults:
+        """'429=0.1,5xx=0.05,truncate=0.02,slow=0.02,drop=0.01,refuse=0.01,html=0.01'."""
+        names = {"429": "rate_limit", "5xx": "server_error", "truncate": "truncated",
+                 "slow": "slow", "drop": "drop", "refuse": "refuse", "html": "html"}  # fmt: skip
+        out = cls()
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            key, _, val = part.partition("=")
+            if key not in names:
+                raise ValueError(f"unknown fault {key!r} (known: {', '.join(names)})")
+            setattr(out, names[key], float(val))
+        return out
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    drop: bool = False
+
+
+class Simulator:
+    """An in-memory plus server whose state is a pure function of seed and history."""
+
+    def __init__(
+        self,
+        tasks: int = 1000,
+        *,
+        seed: int = 7,
+        token: str | None = None,
+        unfinished_per_mille: int = 30,
+        arrivals_per_request: float = 0.0,
+        updates_per_request: float = 0.0,
+        expiries_per_request: float = 0.0,
+        faults: Faults | None = None,
+        nested: bool = False,
+        page_cap: int = 100,
+        gap_ms: int = GAP_MS,
+    ) -> None:
+        self.seed = seed
+        self.gap_ms = gap_ms
+        self.token = token
+        self.unfinished_per_mille = unfinished_per_mille
+        self.arrivals_per_request = arrivals_per_request
+        self.updates_per_request = updates_per_request
+        self.expiries_per_request = expiries_per_request
+        self.faults = faults or Faults()
+        self.nested = nested
+        self.page_cap = page_cap
+        self.rng = random.Random(seed)
+        self.fault_rng = random.Random(seed * 7919 + 1)
+        self.alive: list[int] = list(range(tasks))  # ascending index = ascending id
+        self.next_index = tasks
+        self.overrides: dict[int, dict[str, Any]] = {}
+        self.clock_ms = T0_MS + tasks * gap_ms
+        self.requests = 0
+        self.query_requests = 0
+        self.on_request: Callable[[Simulator], None] | None = None
+        self.lock = threading.RLock()
+
+    # ---- tasks --------------------------------------------------------------------------------
+    def task_id(self, i: int) -> str:
+        """Ids as NZ >= 2.4 and trueai make them: 13-digit epoch ms + 3 digits, in index order."""
+        return f"{T0_MS + i * self.gap_ms}{i % 1000:03d}"
+
+    def index_of(self, task_id: str) -> int | None:
+        if len(task_id) != 16 or not task_id.isdigit():
+            return None
+        i, rest = divmod(int(task_id[:13]) - T0_MS, self.gap_ms)
+        return i if rest == 0 and i >= 0 and i % 1000 == int(task_id[13:]) else None
+
+    def _generated(self, i: int) -> dict[str, Any]:
+        h, h2 = _h(i, self.seed), _h(i, self.seed + 1)
+        r = h % 1000
+        pm = self.unfinished_per_mille
+        status = ("SUCCESS" if r < 880 - pm else "FAILURE" if r < 950 - pm else
+                  "CANCEL" if r < 1000 - pm else UNFINISHED[h2 % 4])  # fmt: skip
+        return self._build(i, ACTIONS[h2 % len(ACTIONS)], status, T0_MS + i * self.gap_ms, h)
+
+    def _build(self, i: int, action: str, status: str, submit: int, h: int) -> dict[str, Any]:
+        tid = self.task_id(i)
+        prompt = PROMPTS[h % len(PROMPTS)]
+        start = submit + 400 + h % 30_000
+        finish = start + 15_000 + (h >> 8) % 90_000
+        task: dict[str, Any] = {
+            "id": tid, "action": action, "status": status, "prompt": prompt,
+            "promptEn": prompt if h % 3 else None,
+            "description": f"/{action.lower()} {prompt[:60]}",
+            "state": f"user-{h % 97}" if h % 4 == 0 else None,
+            "submitTime": submit, "startTime": None, "finishTime": None,
+            "imageUrl": None, "progress": "0%", "failReason": None,
+            "properties": {"finalPrompt": f"{prompt} --v 6.1", "nonce": str(10**18 + h * 977),
+                           "botType": "NIJI_JOURNEY" if h % 5 == 0 else "MID_JOURNEY",
+                           "discordInstanceId": str(1100 + h % 3), "flags": h % 64},
+            "buttons": [],
+        }  # fmt: skip
+        if status == "NOT_START":
+            task["progress"] = ""
+        elif status == "IN_PROGRESS":
+            task.update(startTime=start, progress=f"{10 + h % 80}%",
+                        imageUrl=f"https://cdn.example.com/progress/{tid}.webp")  # fmt: skip
+        elif status == "SUCCESS":
+            task.update(startTime=start, finishTime=finish, progress="100%",
+                        imageUrl=f"https://cdn.example.com/attachments/{tid}/grid_0.png")  # fmt: skip
+            if action in ("IMAGINE", "VARIATION", "ZOOM", "PAN"):
+                task["buttons"] = [
+                    {"customId": f"MJ::JOB::{k}::{n}::{tid}", "emoji": "🔄" if k == "reroll" else "",
+                     "label": f"{k[0].upper()}{n}", "type": 2, "style": 2}
+                    for k in ("upsample", "variation") for n in (1, 2, 3, 4)
+                ]  # fmt: skip
+            if action == "DESCRIBE":
+                task["properties"]["finalPrompt"] = "1️⃣ a cat\n\n2️⃣ 一只猫\n\n3️⃣ a 🐱"
+        elif status == "FAILURE":
+            task.update(startTime=start if h % 2 else None, finishTime=finish, progress="",
+                        failReason=FAIL_REASONS[h % len(FAIL_REASONS)])  # fmt: skip
+        elif status == "CANCEL":
+            task.update(finishTime=finish, progress="", failReason="canceled by user")
+        if h % 11 == 0:
+            task["properties"]["extra"] = {"nested": [1, {"deep": True}], "k": None}
+        return task
+
+    def task(self, i: int) -> dict[str, Any]:
+        return self.overrides.get(i) or self._generated(i)
+
+    def truth(self) -> dict[str, dict[str, Any]]:
+        """Every task the server lists now, by id (for tests)."""
+        with self.lock:
+            return {self.task_id(i): self.task(i) for i in self.alive}
+
+    def listing(self) -> list[str]:
+        with self.lock:
+            return [self.task_id(i) for i in reversed(self.alive)]
+
+    # ---- change ---------------------------------------------------------------------------------
+    def arrive(self, n: int = 1) -> list[str]:
+        """n new tasks at the head of the list, just submitted."""
+        with self.lock:
+            out = []
+            for _ in range(n):
+                i = self.next_index
+                self.next_index += 1
+                self.clock_ms += 1000
+                h = _h(i, self.seed)
+                status = "MODAL" if h % 9 == 0 else "SUBMITTED"
+                task = self._build(i, ACTIONS[h % len(ACTIONS)], status, self.clock_ms, h)
+                self.overrides[i] = task
+                self.alive.append(i)
+                out.append(task["id"])
+            return out
+
+    def unfinished(self) -> list[int]:
+        with self.lock:
+            return [i for i in self.alive if self.task(i)["status"] not in TERMINAL]
+
+    def advance(self, i: int) -> None:
+        """Move one task a step along its life; a finished task gets a late change instead."""
+        with self.lock:
+            t = dict(self.task(i))
+            t["properties"] = dict(t.get("properties") or {})
+            self.clock_ms += 1000
+            now, h = self.clock_ms, _h(i, self.seed + self.clock_ms)
+            st = t["status"]
+            if st in ("NOT_START", "MODAL"):
+                t.update(status="SUBMITTED", progress="0%")
+            elif st == "SUBMITTED":
+                t.update(status="IN_PROGRESS", startTime=now, progress="15%")
+            elif st == "IN_PROGRESS":
+                pct = int((t.get("progress") or "0%").rstrip("%") or 0)
+                if pct < 70:
+                    t.update(progress=f"{pct + 30}%")
+                elif h % 5 == 0:
+                    t.update(status="FAILURE", finishTime=now, progress="",
+                             failReason=FAIL_REASONS[h % len(FAIL_REASONS)])  # fmt: skip
+                else:
+                    t.update(status="SUCCESS", finishTime=now, progress="100%",
+                             imageUrl=f"https://cdn.example.com/attachments/{t['id']}/final.png")  # fmt: skip
+            else:  # finished tasks still change: a storage copy of the image, a seed
+                t["imageUrl"] = f"https://oss.example.com/{t['id']}.png?v={now}"
+                t["properties"]["imageSeed"] = str(h)
+            self.overrides[i] = t
+
+    def remove(self, i: int) -> None:
+        with self.lock:
+            pos = bisect.bisect_left(self.alive, i)
+            if pos < len(self.alive) and self.alive[pos] == i:
+                del self.alive[pos]
+                self.overrides.pop(i, None)
+
+    def expire(self, n: int = 1) -> None:
+        """The n oldest tasks reach the end of their retention."""
+        with self.lock:
+            for i in self.alive[:n]:
+                self.overrides.pop(i, None)
+            del self.alive[:n]
+
+    def _draw(self, rate: float) -> int:
+        whole, frac = divmod(rate, 1.0)
+        return int(whole) + (1 if self.rng.random() < frac else 0)
+
+    def _live_step(self) -> None:
+        if self.arrivals_per_request:
+            self.arrive(self._draw(self.arrivals_per_request))
+        if self.updates_per_request:
+            pending = self.unfinished()
+            for _ in range(self._draw(self.updates_per_request)):
+                if pending:
+                    self.advance(pending[self.rng.randrange(len(pending))])
+        if self.expiries_per_request:
+            self.expire(self._draw(self.expiries_per_request))
+
+    # ---- the API ----------------------------------------------------------------------------------
+    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Reply:
+        """Answer one request (shared by the HTTP server and tests' MockTransport)."""
+        with self.lock:
+            self.requests += 1
+            fault = self._fault()
+            if fault is not None:
+                return fault
+            if self.token is not None and not self._authorized(headers):
+                return Reply(401, b"", "text/plain")
+            if method != "POST" or path not in ("/mj/task/query", "/mj/task/list-by-condition"):
+                return Reply(404, b'{"error":"Not Found","status":404}')
+            try:
+                req = orjson.loads(body or b"{}")
+            except orjson.JSONDecodeError:
+                return Reply(400, b'{"error":"Bad Request","status":400}')
+            if self.on_request is not None:
+                self.on_request(self)
+            self._live_step()
+            if path == "/mj/task/query":
+                self.query_requests += 1
+                return self._query(req)
+            ids = req.get("ids") if isinstance(req, dict) else None
+            found = []
+            for tid in ids or []:
+                i = self.index_of(str(tid))
+                if i is not None:
+                    pos = bisect.bisect_left(self.alive, i)
+                    if pos < len(self.alive) and self.alive[pos] == i:
+                        found.append(self.task(i))
+            return Reply(200, orjson.dumps(found))
+
+    def _authorized(self, headers: dict[str, str]) -> bool:
+        lower = {k.lower(): v for k, v in headers.items()}
+        auth = lower.get("authorization", "")
+        return self.token in (lower.get("mj-api-secret"), auth, auth.removeprefix("Bearer "))
+
+    def _fault(self) -> Reply | None:
+        f, r = self.faults, self.fault_rng.random()
+        for rate, reply in (
+            (f.rate_limit, lambda: Reply(429, b"", "text/plain", {"Retry-After": f.retry_after})),
+            (f.server_error, lambda: Reply(502, b"<html><body><h1>502 Bad Gateway</h1></body></html>",
+                                           "text/html")),
+            (f.html, lambda: Reply(200, b"<!doctype html><html><title>Dashboard</title></html>",
+                                   "text/html")),
+            (f.drop, lambda: Reply(0, drop=True)),
+            (f.refuse, lambda: Reply(200, b'{"success":false,"code":500,"message":"busy"}')),
+        ):  # fmt: skip
+            if r < rate:
+                return reply()
+            r -= rate
+        if r < f.truncated:
+            return Reply(200, b'{"content":[{"id":"1767225600', headers={"X-Truncated": "1"})
+        r -= f.truncated
+        if r < f.slow:
+            self._slow_next = f.slow_s
+        return None
+
+    def _query(self, req: Any) -> Reply:
+        if not isinstance(req, dict):
+            return Reply(400, b'{"error":"Bad Request","status":400}')
+        number, size = req.get("pageNumber", 0), req.get("pageSize", 10)
+        if not isinstance(number, int) or not isinstance(size, int) or number < 0 or size < 1:
+            return Reply(400, b'{"error":"Bad Request","message":"Page index must not be less '
+                              b'than zero","status":400}')  # fmt: skip
+        size = min(size, self.page_cap)
+        total = len(self.alive)
+        hi = total - number * size
+        lo = max(0, hi - size)
+        content = [self.task(self.alive[k]) for k in range(hi - 1, lo - 1, -1)] if hi > 0 else []
+        pages = (total + size - 1) // size
+        last = number >= pages - 1
+        if self.nested:
+            doc: dict[str, Any] = {"content": content, "page": {
+                "size": size, "number": number, "totalElements": total, "totalPages": pages}}
+        else:
+            doc = {
+                "content": content, "empty": not content, "first": number == 0, "last": last,
+                "number": number, "numberOfElements": len(content), "size": size,
+                "totalElements": total, "totalPages": pages,
+                "pageable": {"offset": number * size, "pageNumber": number, "pageSize": size,
+                             "paged": True, "unpaged": False,
+                             "sort": {"empty": False, "sorted": True, "unsorted": False}},
+                "sort": {"empty": False, "sorted": True, "unsorted": False},
+            }  # fmt: skip
+        delay, self._slow_next = getattr(self, "_slow_next", 0.0), 0.0
+        return Reply(200, orjson.dumps(doc), delay=delay)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    sim: Simulator
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        reply = self.sim.handle(self.command, self.path, dict(self.headers.items()), body)
+        if reply.delay:
+            time.sleep(reply.delay)
+        if reply.drop:
+            self.close_connection = True
+            return
+        self.send_response(reply.status)
+        self.send_header("Content-Type", reply.content_type)
+        self.send_header("Content-Length", str(len(reply.body)))
+        for k, v in reply.headers.items():
+            if k != "X-Truncated":
+                self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(reply.body)
+
+    do_POST = _serve
+    do_GET = _serve
+
+
+class SimulatorServer:
+    """The simulator on a loopback port, served from a background thread."""
+
+    def __init__(self, sim: Simulator, host: str = "127.0.0.1", port: int = 0) -> None:
+        handler = type("Handler", (_Handler,), {"sim": sim})
+        self.sim = sim
+        self.httpd = ThreadingHTTPServer((host, port), handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> SimulatorServer:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def __enter__(self) -> SimulatorServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

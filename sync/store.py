@@ -1,0 +1,722 @@
+"""The only door to the database: engines, migrations, bulk upserts with change detection,
+events, the run ledger, checkpoints, writer locks and read-only queries."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import socket
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import (
+    Connection,
+    Engine,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import NullPool
+
+from sync.errors import ConfigError, DatabaseError, LockHeld, MassGoneRefused
+from sync.models import TERMINAL_STATUSES, Checkpoint, Lease, SyncRun, Task, TaskEvent
+from sync.records import Record, Rejected, changed_fields, normalize
+
+log = logging.getLogger("tasksync.store")
+
+TASK_COLUMNS = [c.name for c in Task.__table__.columns]
+UPDATE_COLUMNS = [c for c in TASK_COLUMNS if c not in ("source", "id", "first_seen_at")]
+LEASE_SECONDS = 60.0
+
+
+def normalize_url(url: str) -> URL:
+    """Pick our drivers for bare dialect names and make MySQL/MariaDB speak utf8mb4."""
+    try:
+        u = make_url(url)
+    except sa_exc.ArgumentError:
+        raise ConfigError(f"not a database URL: {url!r}") from None
+    if u.drivername == "postgresql":
+        u = u.set(drivername="postgresql+psycopg")
+    elif u.drivername in ("mysql", "mariadb"):
+        u = u.set(drivername=f"{u.drivername}+pymysql")
+    if u.get_backend_name() in ("mysql", "mariadb") and "charset" not in u.query:
+        u = u.update_query_dict({"charset": "utf8mb4"})
+    return u
+
+
+def _json_dumps(obj: Any) -> str:
+    return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def _scrub(text: str, url: URL) -> str:
+    """An error message with the database password removed, cut to its first line."""
+    line = (text.strip().splitlines() or [""])[0]
+    if url.password:
+        line = line.replace(str(url.password), "***")
+    return line
+
+
+@dataclass
+class SaveResult:
+    """What one `save` did (or, in a dry run, would do)."""
+
+    inserted: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    returned: int = 0
+    rejected: int = 0
+    known: int = 0
+    seen: int = 0
+    statuses: dict[str, str | None] = field(default_factory=dict)
+    new_ids: set[str] = field(default_factory=set)
+
+    def add(self, other: SaveResult) -> None:
+        for name in ("inserted", "changed", "unchanged", "returned", "rejected", "known", "seen"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+class Store:
+    """A handle on one archive database."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = normalize_url(url)
+        self.dialect = self.url.get_backend_name()
+        kwargs: dict[str, Any] = {"echo": echo, "json_serializer": _json_dumps}
+        if self.dialect == "sqlite":
+            kwargs["poolclass"] = NullPool
+            kwargs["connect_args"] = {"timeout": 30}
+        else:
+            kwargs["pool_pre_ping"] = True
+        try:
+            self.engine: Engine = create_engine(self.url, **kwargs)
+        except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError) as exc:
+            raise ConfigError(f"database URL {self.display_url}: {exc}") from None
+        if self.dialect == "sqlite":
+            _sqlite_pragmas(self.engine)
+
+    @property
+    def display_url(self) -> str:
+        return self.url.render_as_string(hide_password=True)
+
+    def db_error(self, exc: BaseException, doing: str) -> DatabaseError:
+        """A one-line DatabaseError for `exc` that names the URL and never the password."""
+        orig = getattr(exc, "orig", None) or exc
+        return DatabaseError(
+            f"database {self.display_url}: {doing} failed: {_scrub(str(orig), self.url)}"
+        )
+
+    def ping(self) -> None:
+        """Connect once, or raise a one-line DatabaseError."""
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except sa_exc.SQLAlchemyError as exc:
+            raise self.db_error(exc, "connecting") from None
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # ---- migrations -------------------------------------------------------------------
+    def _alembic(self, conn: Connection) -> Any:
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(migrations_dir()))
+        cfg.attributes["connection"] = conn
+        return cfg
+
+    def upgrade(self, revision: str = "head") -> None:
+        from alembic import command
+
+        try:
+            with self.engine.begin() as conn:
+                command.upgrade(self._alembic(conn), revision)
+        except sa_exc.SQLAlchemyError as exc:
+            raise self.db_error(exc, "migrating") from None
+
+    def downgrade(self, revision: str) -> None:
+        from alembic import command
+        from alembic.util import CommandError
+
+        try:
+            with self.engine.begin() as conn:
+                command.downgrade(self._alembic(conn), revision)
+        except CommandError as exc:
+            raise ConfigError(f"cannot downgrade to {revision!r}: {exc}") from None
+        except sa_exc.SQLAlchemyError as exc:
+            raise self.db_error(exc, "migrating") from None
+
+    def current(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
+        try:
+            with self.engine.connect() as conn:
+                return MigrationContext.configure(conn).get_current_revision()
+        except sa_exc.SQLAlchemyError as exc:
+            raise self.db_error(exc, "reading the schema revision") from None
+
+    def head(self) -> str:
+        from alembic.script import ScriptDirectory
+
+        with self.engine.connect() as conn:
+            head = ScriptDirectory.from_config(self._alembic(conn)).get_current_head()
+        assert head is not None
+        return head
+
+    def check(self) -> list[str]:
+        """Differences between the models and the database (empty when in step)."""
+        from alembic.autogenerate import compare_metadata
+        from alembic.runtime.migration import MigrationContext
+
+        from sync.models import Base
+
+        with self.engine.connect() as conn:
+            ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+            return [str(d) for d in compare_metadata(ctx, Base.metadata)]
+
+    def require_current(self) -> None:
+        """Refuse to run against a database that is not migrated to head."""
+        current, head = self.current(), self.head()
+        if current != head:
+            raise DatabaseError(
+                f"database {self.display_url} is at schema revision {current or 'none'}, "
+                f"tasksync needs {head}: run `tasksync db upgrade`"
+            )
+
+    # ---- the run ledger ---------------------------------------------------------------
+    def start_run(self, source: str, kind: str, now: datetime) -> int:
+        """Record a run as `running` and commit at once, so even a crash leaves a trace."""
+        values = dict(
+            source=source, kind=kind, started_at=now, outcome="running",
+            host=socket.gethostname()[:255], pid=os.getpid(),
+            **dict.fromkeys(
+                ("pages", "requests", "retries", "tasks_seen", "inserted", "changed",
+                 "unchanged", "gone", "returned", "rejected"), 0),
+        )  # fmt: skip
+        try:
+            with self.engine.begin() as conn:
+                result = conn.execute(insert(SyncRun).values(**values))
+                pk = result.inserted_primary_key
+                assert pk is not None
+                return int(pk[0])
+        except sa_exc.SQLAlchemyError as exc:
+            raise self.db_error(exc, "recording the run") from None
+
+    def finish_run(
+        self, run_id: int, counts: dict[str, int], outcome: str, error: str | None, now: datetime
+    ) -> None:
+        with self.engine.begin() as conn:
+            started = conn.execute(
+                select(SyncRun.started_at).where(SyncRun.id == run_id)
+            ).scalar_one()
+            conn.execute(
+                update(SyncRun)
+                .where(SyncRun.id == run_id)
+                .values(
+                    finished_at=now, outcome=outcome, error=error and error[:2000],
+                    duration_s=(now - started).total_seconds(), **counts,
+                )
+            )  # fmt: skip
+
+    def runs(self, source: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        q = select(SyncRun).order_by(SyncRun.id.desc()).limit(limit)
+        if source:
+            q = q.where(SyncRun.source == source)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q.with_only_columns(*SyncRun.__table__.c))]
+
+    # ---- saving tasks -----------------------------------------------------------------
+    def _upsert(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        table = Task.__table__
+        if self.dialect == "postgresql":
+            pg = postgresql.insert(table)
+            stmt: Any = pg.on_conflict_do_update(
+                index_elements=["source", "id"], set_={c: pg.excluded[c] for c in UPDATE_COLUMNS}
+            )
+        elif self.dialect == "sqlite":
+            sq = sqlite.insert(table)
+            stmt = sq.on_conflict_do_update(
+                index_elements=["source", "id"], set_={c: sq.excluded[c] for c in UPDATE_COLUMNS}
+            )
+        else:
+            my = mysql.insert(table)
+            stmt = my.on_duplicate_key_update({c: my.inserted[c] for c in UPDATE_COLUMNS})
+        conn.execute(stmt, rows)
+
+    def save(
+        self,
+        source: str,
+        tasks: Sequence[Any],
+        run_id: int | None,
+        now: datetime,
+        *,
+        dry_run: bool = False,
+        checkpoint: tuple[str, int, str | None, int | None] | None = None,
+    ) -> SaveResult:
+        """Store a batch of raw task objects; only new, changed or returned tasks are written.
+
+        One transaction: rows, events and (optionally) the backfill checkpoint commit together.
+        """
+        result = SaveResult()
+        records: dict[str, Record] = {}
+        for obj in tasks:
+            rec = normalize(source, obj)
+            if isinstance(rec, Rejected):
+                result.rejected += 1
+                log.warning("source %s: task %s not stored: %s", source, rec.id, rec.reason)
+                continue
+            records[rec.id] = rec  # the same id twice in one batch: the later copy wins
+        result.seen = len(records)
+        try:
+            with self.engine.begin() as conn:
+                self._save_records(conn, source, records, run_id, now, result, dry_run)
+                if checkpoint and not dry_run:
+                    self._write_checkpoint(conn, source, *checkpoint, run_id, now)
+        except sa_exc.DBAPIError as exc:
+            if exc.connection_invalidated or isinstance(exc, sa_exc.OperationalError):
+                raise self.db_error(exc, "saving tasks") from None
+            # One task the database refuses must not sink the others: isolate it.
+            log.warning("source %s: batch refused (%s); retrying task by task", source,
+                        _scrub(str(exc.orig), self.url))  # fmt: skip
+            result = self._save_one_by_one(source, records, run_id, now, result.rejected)
+            if checkpoint and not dry_run:
+                with self.engine.begin() as conn:
+                    self._write_checkpoint(conn, source, *checkpoint, run_id, now)
+        return result
+
+    def _save_one_by_one(
+        self, source: str, records: dict[str, Record], run_id: int | None, now: datetime,
+        rejected: int,
+    ) -> SaveResult:  # fmt: skip
+        total = SaveResult(rejected=rejected, seen=len(records))
+        for task_id, rec in records.items():
+            one = SaveResult()
+            try:
+                with self.engine.begin() as conn:
+                    self._save_records(conn, source, {task_id: rec}, run_id, now, one, False)
+            except sa_exc.DBAPIError as exc:
+                if isinstance(exc, sa_exc.OperationalError):
+                    raise self.db_error(exc, "saving tasks") from None
+                total.rejected += 1
+                total.seen -= 1
+                log.warning("source %s: task %s not stored: %s", source, task_id,
+                            _scrub(str(exc.orig), self.url))  # fmt: skip
+                continue
+            one.seen = 0
+            total.add(one)
+        return total
+
+    def _save_records(
+        self,
+        conn: Connection,
+        source: str,
+        records: dict[str, Record],
+        run_id: int | None,
+        now: datetime,
+        result: SaveResult,
+        dry_run: bool,
+    ) -> None:
+        if not records:
+            return
+        ids = list(records)
+        existing: dict[str, tuple[str, str | None, datetime | None, datetime]] = {}
+        for chunk in _chunks(ids, 500):
+            q = select(
+                Task.id, Task.content_hash, Task.status, Task.gone_at, Task.first_seen_at
+            ).where(Task.source == source, Task.id.in_(chunk))
+            for tid, h, status, gone_at, first in conn.execute(q):
+                existing[tid] = (h, status, gone_at, first)
+        result.known += len(existing)
+        rows: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
+        changed_ids: list[str] = []
+        for tid, rec in records.items():
+            result.statuses[tid] = rec.row["status"]
+            old = existing.get(tid)
+            if old is None:
+                result.inserted += 1
+                result.new_ids.add(tid)
+                rows.append(rec.row | {"first_seen_at": now})
+                events.append(_event(source, rec, run_id, now, "created", None, None))
+                continue
+            old_hash, old_status, gone_at, first = old
+            if old_hash == rec.hash and gone_at is None:
+                result.unchanged += 1
+                continue
+            rows.append(rec.row | {"first_seen_at": first})
+            if gone_at is not None:
+                result.returned += 1
+                events.append(_event(source, rec, run_id, now, "returned", old_status, None))
+            else:
+                result.changed += 1
+                changed_ids.append(tid)
+        if changed_ids:
+            old_raw: dict[str, Any] = {}
+            for chunk in _chunks(changed_ids, 500):
+                q = select(Task.id, Task.raw).where(Task.source == source, Task.id.in_(chunk))
+                old_raw.update({tid: raw for tid, raw in conn.execute(q)})
+            for tid in changed_ids:
+                rec = records[tid]
+                fields = changed_fields(old_raw.get(tid), rec.raw)
+                events.append(
+                    _event(source, rec, run_id, now, "changed", existing[tid][1], fields)
+                )
+        if dry_run or not rows:
+            return
+        for row in rows:
+            row["last_seen_at"] = now
+            row["last_changed_at"] = now
+            row["gone_at"] = None
+        self._upsert(conn, rows)
+        conn.execute(insert(TaskEvent), events)
+
+    # ---- reads the pipeline needs -------------------------------------------------------
+    def unfinished_ids(self, source: str) -> list[str]:
+        """Archived tasks that are not finished (any status but SUCCESS, FAILURE, CANCEL)."""
+        q = select(Task.id).where(
+            Task.source == source,
+            Task.gone_at.is_(None),
+            (Task.status.is_(None)) | (Task.status.not_in(TERMINAL_STATUSES)),
+        )
+        with self.engine.connect() as conn:
+            return list(conn.execute(q).scalars())
+
+    def count_tasks(self, source: str, *, present_only: bool = False) -> int:
+        q = select(func.count()).select_from(Task).where(Task.source == source)
+        if present_only:
+            q = q.where(Task.gone_at.is_(None))
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    def iter_present_ids(self, source: str) -> Iterator[str]:
+        """Every archived id of a source not marked gone, streamed."""
+        q = select(Task.id).where(Task.source == source, Task.gone_at.is_(None))
+        with self.engine.connect() as conn:
+            for part in conn.execution_options(yield_per=5000).execute(q).scalars().partitions():
+                yield from part
+
+    def mark_gone(
+        self,
+        source: str,
+        seen: set[str],
+        run_id: int | None,
+        now: datetime,
+        *,
+        max_share: float,
+        allow_mass: bool = False,
+        dry_run: bool = False,
+    ) -> int:
+        """After a complete sweep: mark archived tasks the server no longer lists as gone."""
+        present = 0
+        missing: list[str] = []
+        for tid in self.iter_present_ids(source):
+            present += 1
+            if tid not in seen:
+                missing.append(tid)
+        if not missing:
+            return 0
+        share = len(missing) / present
+        if share > max_share and not allow_mass:
+            raise MassGoneRefused(
+                f"source {source!r}: the sweep would mark {len(missing)} of {present} archived "
+                f"tasks gone ({share:.0%} > {max_share:.0%}); nothing marked. If the server "
+                "really dropped them, re-run with --allow-mass-gone"
+            )
+        if dry_run:
+            return len(missing)
+        with self.engine.begin() as conn:
+            statuses: dict[str, tuple[str | None, str | None]] = {}
+            for chunk in _chunks(missing, 500):
+                q = select(Task.id, Task.status, Task.progress).where(
+                    Task.source == source, Task.id.in_(chunk)
+                )
+                statuses.update({tid: (st, pr) for tid, st, pr in conn.execute(q)})
+                conn.execute(
+                    update(Task)
+                    .where(Task.source == source, Task.id.in_(chunk), Task.gone_at.is_(None))
+                    .values(gone_at=now)
+                )
+            conn.execute(
+                insert(TaskEvent),
+                [
+                    dict(source=source, task_id=tid, observed_at=now, run_id=run_id, kind="gone",
+                         status=statuses[tid][0], previous_status=statuses[tid][0],
+                         progress=statuses[tid][1], changed=None)
+                    for tid in missing
+                ],
+            )  # fmt: skip
+        return len(missing)
+
+    def touch_seen(self, source: str, now: datetime) -> None:
+        """After a complete sweep every present task was seen now: one statement, not a row each."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(Task)
+                .where(Task.source == source, Task.gone_at.is_(None))
+                .values(last_seen_at=now)
+            )
+
+    # ---- checkpoints ------------------------------------------------------------------
+    def _write_checkpoint(
+        self, conn: Connection, source: str, kind: str, page: int, cursor: str | None,
+        total: int | None, run_id: int | None, now: datetime,
+    ) -> None:  # fmt: skip
+        conn.execute(
+            delete(Checkpoint).where(Checkpoint.source == source, Checkpoint.kind == kind)
+        )
+        conn.execute(
+            insert(Checkpoint).values(
+                source=source, kind=kind, page=page, cursor_id=cursor, cursor_total=total,
+                run_id=run_id, updated_at=now,
+            )
+        )  # fmt: skip
+
+    def checkpoint(self, source: str, kind: str) -> tuple[int, str | None, int | None] | None:
+        q = select(Checkpoint.page, Checkpoint.cursor_id, Checkpoint.cursor_total).where(
+            Checkpoint.source == source, Checkpoint.kind == kind
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(q).first()
+        return None if row is None else (row[0], row[1], row[2])
+
+    def clear_checkpoint(self, source: str, kind: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                delete(Checkpoint).where(Checkpoint.source == source, Checkpoint.kind == kind)
+            )
+
+    # ---- one writer per source ----------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, source: str, now: datetime | None = None) -> Iterator[None]:
+        """Hold the writer lock of a source for the duration of a run, or raise LockHeld."""
+        lock = WriterLock(self, source)
+        lock.acquire(now or datetime.now(UTC))
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def lease_holder(self, source: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(Lease).where(Lease.source == source)).scalars().first()
+        if row is None:
+            return None
+        return {"holder": row.holder, "host": row.host, "pid": row.pid,
+                "since": row.acquired_at, "expires_at": row.expires_at}  # fmt: skip
+
+    # ---- read-only SQL --------------------------------------------------------------------
+    def readonly_query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Run one read-only statement; the database itself refuses writes."""
+        from sync.readonly import check_statement, sqlite_authorizer
+
+        check_statement(sql)
+        try:
+            if self.dialect == "sqlite":
+                path = self.url.database or ""
+                if path in ("", ":memory:"):
+                    raise ConfigError("tasksync query needs a SQLite file, not :memory:")
+                if not Path(path).exists():
+                    raise DatabaseError(f"database {self.display_url}: file {path} not found")
+                uri = Path(path).resolve().as_uri() + "?mode=ro"
+                con = sqlite3.connect(uri, uri=True, timeout=10)
+                try:
+                    con.execute("PRAGMA query_only = ON")
+                    con.set_authorizer(sqlite_authorizer)
+                    cur = con.execute(sql)
+                    cols = [d[0] for d in cur.description or []]
+                    return cols, [tuple(r) for r in cur.fetchall()]
+                except sqlite3.DatabaseError as exc:
+                    from sync.errors import QueryRefused
+
+                    if "not authorized" in str(exc) or "readonly" in str(exc):
+                        raise QueryRefused(f"query refused: {exc}") from None
+                    raise DatabaseError(f"query failed: {exc}") from None
+                finally:
+                    con.close()
+            with self.engine.connect() as conn:
+                if self.dialect == "postgresql":
+                    conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+                else:
+                    conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+                try:
+                    cur2 = conn.exec_driver_sql(sql.replace("%", "%%"))
+                    cols = list(cur2.keys()) if cur2.returns_rows else []
+                    rows = [tuple(r) for r in cur2.fetchall()] if cur2.returns_rows else []
+                finally:
+                    conn.rollback()
+                return cols, rows
+        except sa_exc.DBAPIError as exc:
+            from sync.errors import QueryRefused
+
+            msg = _scrub(str(exc.orig), self.url)
+            if "read-only" in msg or "READ ONLY" in msg.upper():
+                raise QueryRefused(f"query refused: {msg}") from None
+            raise DatabaseError(f"query failed: {msg}") from None
+
+
+class WriterLock:
+    """One writer per source: advisory lock (PostgreSQL), GET_LOCK (MariaDB), lease (SQLite).
+
+    The PostgreSQL and MariaDB locks live on a connection held for the run, so a crashed
+    holder releases them as soon as its connection drops. SQLite has no such thing: a lease
+    row with an expiry, extended by a heartbeat thread, is taken over once it has expired.
+    """
+
+    def __init__(self, store: Store, source: str) -> None:
+        self.store = store
+        self.source = source
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.key = int.from_bytes(
+            hashlib.blake2b(f"tasksync:{source}".encode(), digest_size=8).digest(), "big",
+            signed=True,
+        )  # fmt: skip
+        self.name = f"tasksync:{source}"[:64]
+        self.conn: Connection | None = None
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    def _held(self) -> LockHeld:
+        info = self.store.lease_holder(self.source)
+        if info:
+            who = f"host {info['host']} pid {info['pid']} since {info['since']:%Y-%m-%d %H:%M:%S} UTC"
+        else:
+            who = "another process"
+        return LockHeld(f"source {self.source!r} is being synced by {who}; skipped")
+
+    def acquire(self, now: datetime) -> None:
+        store = self.store
+        try:
+            if store.dialect == "sqlite":
+                self._take_lease(now, require_free=True)
+                self._beat = threading.Thread(target=self._heartbeat, daemon=True)
+                self._beat.start()
+                return
+            self.conn = store.engine.connect()
+            if store.dialect == "postgresql":
+                got = self.conn.exec_driver_sql(
+                    "SELECT pg_try_advisory_lock(%s)", (self.key,)
+                ).scalar()
+            else:
+                got = self.conn.exec_driver_sql("SELECT GET_LOCK(%s, 0)", (self.name,)).scalar()
+            self.conn.commit()
+            if not got:
+                self.conn.close()
+                self.conn = None
+                raise self._held()
+            self._take_lease(now, require_free=False)
+        except sa_exc.SQLAlchemyError as exc:
+            if self.conn is not None:
+                self.conn.close()
+                self.conn = None
+            raise store.db_error(exc, "taking the writer lock") from None
+
+    def _take_lease(self, now: datetime, require_free: bool) -> None:
+        values = dict(
+            source=self.source, holder=self.holder, host=socket.gethostname()[:255],
+            pid=os.getpid(), acquired_at=now, heartbeat_at=now,
+            expires_at=now + timedelta(seconds=LEASE_SECONDS),
+        )  # fmt: skip
+        with self.store.engine.connect().execution_options(sqlite_immediate=True) as conn:
+            with conn.begin():
+                row = conn.execute(
+                    select(Lease.holder, Lease.expires_at).where(Lease.source == self.source)
+                ).first()
+                if row is not None and require_free and row[1] > now and row[0] != self.holder:
+                    raise self._held()
+                conn.execute(delete(Lease).where(Lease.source == self.source))
+                conn.execute(insert(Lease).values(**values))
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(LEASE_SECONDS / 4):
+            now = datetime.now(UTC)
+            try:
+                with self.store.engine.begin() as conn:
+                    conn.execute(
+                        update(Lease)
+                        .where(Lease.source == self.source, Lease.holder == self.holder)
+                        .values(heartbeat_at=now, expires_at=now + timedelta(seconds=LEASE_SECONDS))
+                    )
+            except sa_exc.SQLAlchemyError as exc:
+                log.warning("source %s: lease heartbeat failed: %s", self.source,
+                            _scrub(str(exc), self.store.url))  # fmt: skip
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join(timeout=5)
+        with contextlib.suppress(sa_exc.SQLAlchemyError):
+            with self.store.engine.begin() as conn:
+                conn.execute(
+                    delete(Lease).where(Lease.source == self.source, Lease.holder == self.holder)
+                )
+        if self.conn is not None:
+            with contextlib.suppress(sa_exc.SQLAlchemyError):
+                if self.store.dialect == "postgresql":
+                    self.conn.exec_driver_sql("SELECT pg_advisory_unlock(%s)", (self.key,))
+                else:
+                    self.conn.exec_driver_sql("SELECT RELEASE_LOCK(%s)", (self.name,))
+                self.conn.commit()
+            with contextlib.suppress(sa_exc.SQLAlchemyError):
+                self.conn.close()
+            self.conn = None
+
+
+def _event(
+    source: str, rec: Record, run_id: int | None, now: datetime, kind: str,
+    previous: str | None, changed: list[str] | None,
+) -> dict[str, Any]:  # fmt: skip
+    return dict(source=source, task_id=rec.id, observed_at=now, run_id=run_id, kind=kind,
+                status=rec.row["status"], previous_status=previous,
+                progress=rec.row["progress"], changed=changed)  # fmt: skip
+
+
+def _chunks(items: Sequence[str], n: int) -> Iterable[Sequence[str]]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    """WAL and a busy timeout, so readers never block the writer for long; explicit BEGIN."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get("sqlite_immediate")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def migrations_dir() -> Path:
+    """The Alembic script folder: the installed `sync.migrations`, or the checkout's."""
+    try:
+        import sync.migrations as pkg
+
+        if pkg.__file__:
+            return Path(pkg.__file__).parent
+    except ImportError:
+        pass
+    return Path(__file__).resolve().parent.parent / "migrations"

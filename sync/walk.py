@@ -1,0 +1,113 @@
+"""A drift-aware walk over an id-desc, offset-paged task list.
+
+While we read page q, new tasks push items down (we see repeats: harmless, saving is
+idempotent) and removals pull items up over the page boundary (we would miss them). The walk
+keeps a *cursor*: the last id of the contiguous prefix it has read, with the `totalElements` the
+server reported when that page was read. Reading page q then falls into one of four cases:
+
+* the cursor is on the page, or the page straddles where it was: contiguous;
+* the whole page sorts above the cursor (many arrivals): everything on it is already covered,
+  so the cursor jumps to the page's last id;
+* the whole page sorts below the cursor: contiguous unless the list shrank since the cursor's
+  page was read (total now < total then), in which case items may have slipped over the
+  boundary: step back and re-read page q-1 (a *repair*);
+* empty page: the end, unless the list shrank, in which case step back as well.
+
+A walk that needs more than `max_backs` repairs in a row gives up repairing and says so
+(`unrepaired`), so a sweep never marks tasks gone on the strength of an unsound walk. A page
+that is not sorted by id makes drift undetectable (`verified = False`), with the same effect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from sync.client import Page
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Where a walk stands: the next page to read and the last contiguous id before it."""
+
+    page: int = 0
+    last_id: str | None = None
+    total: int | None = None
+
+
+@dataclass
+class WalkStats:
+    fetches: int = 0
+    repairs: int = 0
+    unrepaired: bool = False
+    verified: bool = True
+    complete: bool = False
+
+
+def id_key(task_id: str) -> tuple[int, int | str]:
+    """Server order for ids: numerically for digit strings, else as text."""
+    return (0, int(task_id)) if task_id.isdigit() else (1, task_id)
+
+
+def page_ids(page: Page) -> list[str]:
+    return [str(t["id"]) for t in page.tasks if isinstance(t, dict) and t.get("id") is not None]
+
+
+def _sorted_desc(ids: list[str]) -> bool:
+    keys = [id_key(i) for i in ids]
+    return all(a >= b for a, b in zip(keys, keys[1:], strict=False))
+
+
+def walk(
+    fetch: Callable[[int], Page],
+    start: Cursor | None = None,
+    stats: WalkStats | None = None,
+    max_backs: int = 5,
+) -> Iterator[tuple[Page, Cursor]]:
+    """Yield every page read, with the cursor to resume from once that page is saved."""
+    st = stats if stats is not None else WalkStats()
+    cur = start or Cursor()
+    backs_in_row = 0
+    while True:
+        page = fetch(cur.page)
+        st.fetches += 1
+        ids = page_ids(page)
+        if ids and not _sorted_desc(ids):
+            st.verified = False
+        if page.total is None:
+            st.verified = False
+        q, c = cur.page, cur.last_id
+        shrank = (
+            page.total is None or cur.total is None or page.total < cur.total
+        ) and st.verified
+        if not ids:
+            if q == 0 or c is None or not shrank:
+                st.complete = True
+                yield page, Cursor(q, c, page.total if page.total is not None else cur.total)
+                return
+            contiguous = False
+        elif q == 0 or c is None or c in ids:
+            contiguous = True
+        elif id_key(ids[-1]) > id_key(c):
+            contiguous = True  # the whole page is above the cursor: nothing new to cover
+        elif id_key(ids[0]) < id_key(c):
+            contiguous = not shrank
+        else:
+            contiguous = True  # the page straddles the cursor's place: the cursor was removed
+        if not contiguous and backs_in_row >= max_backs:
+            st.unrepaired = True
+            contiguous = True
+        if contiguous:
+            backs_in_row = 0
+            nxt = Cursor(q + 1, ids[-1] if ids else c, page.total)
+            yield page, nxt
+            if page.last or not ids:
+                st.complete = True
+                return
+            cur = nxt
+        else:
+            backs_in_row += 1
+            st.repairs += 1
+            back = Cursor(q - 1, c, cur.total)
+            yield page, back
+            cur = back
