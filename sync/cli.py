@@ -96,17 +96,31 @@ pass_app = click.make_pass_decorator(App)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", metavar="PATH",
-              help="Config file (env TASKSYNC_CONFIG; default ./tasksync.toml when present).")
-@click.option("--db", "db_url", metavar="URL",
-              help="Database URL, overrides the config (env TASKSYNC_DATABASE_URL).")
+@click.option(
+    "--config",
+    "config_path",
+    metavar="PATH",
+    help="Config file (env TASKSYNC_CONFIG; default ./tasksync.toml when present).",
+)
+@click.option(
+    "--db",
+    "db_url",
+    metavar="URL",
+    help="Database URL, overrides the config (env TASKSYNC_DATABASE_URL).",
+)
 @click.option("-v", "--verbose", count=True, help="More logging; tracebacks on errors.")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
-              show_default=True, help="Log line format.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log line format.",
+)
 @click.version_option(__version__, prog_name="tasksync")
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None, db_url: str | None, verbose: int,
-        log_format: str) -> None:
+def cli(
+    ctx: click.Context, config_path: str | None, db_url: str | None, verbose: int, log_format: str
+) -> None:
     """Archive a Midjourney-proxy server's task list into SQL and keep it current."""
     setup_logging(verbose, log_format)
     ctx.obj = App(config_path, db_url, verbose, log_format)
@@ -170,8 +184,9 @@ def stop_on_signals() -> Iterator[threading.Event]:
     def handler(signum: int, _frame: Any) -> None:
         if stop.is_set():  # a second signal: the user really means it
             raise KeyboardInterrupt
-        log.info("%s received: finishing the current page, then stopping",
-                 signal.Signals(signum).name)
+        log.info(
+            "%s received: finishing the current page, then stopping", signal.Signals(signum).name
+        )
         stop.set()
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -184,9 +199,23 @@ def stop_on_signals() -> Iterator[threading.Event]:
 
 def log_run(report: Any) -> None:
     """One line per run, text or JSON (the fields go into the JSON record)."""
-    fields = {k: getattr(report, k) for k in (
-        "source", "kind", "outcome", "pages", "requests", "retries", "inserted", "changed",
-        "unchanged", "gone", "returned", "rejected")}  # fmt: skip
+    fields = {
+        k: getattr(report, k)
+        for k in (
+            "source",
+            "kind",
+            "outcome",
+            "pages",
+            "requests",
+            "retries",
+            "inserted",
+            "changed",
+            "unchanged",
+            "gone",
+            "returned",
+            "rejected",
+        )
+    }
     fields["duration_s"] = round(report.duration_s, 2)
     if report.dry_run:
         fields["dry_run"] = True
@@ -209,13 +238,25 @@ class ProgressDisplay:
 
     def __enter__(self) -> ProgressDisplay:
         if self.tty:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)  # fmt: skip
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
-                                MofNCompleteColumn(), TextColumn("tasks · {task.fields[pages]} pages"),
-                                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                                transient=False)  # fmt: skip
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("tasks · {task.fields[pages]} pages"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                transient=False,
+            )
             self.bar.start()
             self.task = self.bar.add_task(self.label, total=None, pages=0)
         return self
@@ -266,8 +307,9 @@ def backfill(app: App, name: str | None, restart: bool) -> None:
 
     def job(store: Any, client: Any, src: SourceSettings) -> Any:
         with stop_on_signals() as stop, ProgressDisplay(f"backfill {src.name}") as progress:
-            return pipeline.backfill(store, client, src, restart=restart, progress=progress,
-                                     stop=stop)  # fmt: skip
+            return pipeline.backfill(
+                store, client, src, restart=restart, progress=progress, stop=stop
+            )
 
     run_each(app, name, job)
 
@@ -276,19 +318,22 @@ def backfill(app: App, name: str | None, restart: bool) -> None:
 @click.option("--source", "name", help="Only this source (default: all).")
 @click.option("--sweep", is_flag=True, help="A full drift-aware walk that also marks gone tasks.")
 @click.option("--dry-run", is_flag=True, help="Report what would change; write nothing.")
-@click.option("--allow-mass-gone", is_flag=True,
-              help="Let a sweep mark more than mass_gone_share of the archive gone.")
+@click.option(
+    "--allow-mass-gone",
+    is_flag=True,
+    help="Let a sweep mark more than mass_gone_share of the archive gone.",
+)
 @pass_app
-def sync_cmd(app: App, name: str | None, sweep: bool, dry_run: bool,
-             allow_mass_gone: bool) -> None:
+def sync_cmd(app: App, name: str | None, sweep: bool, dry_run: bool, allow_mass_gone: bool) -> None:
     """One incremental sync (new tasks + unfinished re-checks), or a sweep with --sweep."""
     from sync import pipeline
 
     def job(store: Any, client: Any, src: SourceSettings) -> Any:
         with stop_on_signals() as stop:
             if sweep:
-                return pipeline.sweep(store, client, src, dry_run=dry_run,
-                                      allow_mass_gone=allow_mass_gone, stop=stop)  # fmt: skip
+                return pipeline.sweep(
+                    store, client, src, dry_run=dry_run, allow_mass_gone=allow_mass_gone, stop=stop
+                )
             return pipeline.incremental(store, client, src, dry_run=dry_run, stop=stop)
 
     run_each(app, name, job)
@@ -308,8 +353,12 @@ def _cell(v: Any) -> Any:
 def render(cols: list[str], rows: list[tuple[Any, ...]], fmt: str) -> str:
     rows = [tuple(_cell(v) for v in r) for r in rows]
     if fmt == "json":
-        return json.dumps([dict(zip(cols, r, strict=True)) for r in rows], ensure_ascii=False,
-                          default=str, indent=1)  # fmt: skip
+        return json.dumps(
+            [dict(zip(cols, r, strict=True)) for r in rows],
+            ensure_ascii=False,
+            default=str,
+            indent=1,
+        )
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf)
@@ -318,8 +367,10 @@ def render(cols: list[str], rows: list[tuple[Any, ...]], fmt: str) -> str:
         return buf.getvalue().rstrip("\n")
     cells = [[("" if v is None else str(v)).replace("\n", " ")[:60] for v in r] for r in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)),
-             "  ".join("-" * w for w in widths)]  # fmt: skip
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)),
+        "  ".join("-" * w for w in widths),
+    ]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
     lines.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
     return "\n".join(lines)
@@ -327,8 +378,13 @@ def render(cols: list[str], rows: list[tuple[Any, ...]], fmt: str) -> str:
 
 @cli.command()
 @click.argument("sql")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
-              show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+)
 @pass_app
 def query(app: App, sql: str, fmt: str) -> None:
     """Run one read-only SQL statement over the archive; writes are refused."""
@@ -377,12 +433,25 @@ def config_check(app: App) -> None:
 @click.option("--arrivals", type=float, default=0.0, help="New tasks per request (live mode).")
 @click.option("--updates", type=float, default=0.0, help="Status steps per request.")
 @click.option("--expiries", type=float, default=0.0, help="Oldest tasks dropped per request.")
-@click.option("--faults", default="", metavar="SPEC",
-              help="e.g. '429=0.1,5xx=0.05,truncate=0.02,slow=0.02,drop=0.01,refuse=0.01'.")
+@click.option(
+    "--faults",
+    default="",
+    metavar="SPEC",
+    help="e.g. '429=0.1,5xx=0.05,truncate=0.02,slow=0.02,drop=0.01,refuse=0.01'.",
+)
 @click.option("--nested", is_flag=True, help="Answer with the nested Spring page shape.")
-def simulate(port: int, host: str, tasks: int, seed: int, token_env: str | None,
-             arrivals: float, updates: float, expiries: float, faults: str,
-             nested: bool) -> None:  # fmt: skip
+def simulate(
+    port: int,
+    host: str,
+    tasks: int,
+    seed: int,
+    token_env: str | None,
+    arrivals: float,
+    updates: float,
+    expiries: float,
+    faults: str,
+    nested: bool,
+) -> None:
     """Run the built-in simulator alone, to point a config at."""
     from sync.simulator import Faults, Simulator, SimulatorServer
 
@@ -395,9 +464,16 @@ def simulate(port: int, host: str, tasks: int, seed: int, token_env: str | None,
         plan = Faults.parse(faults)
     except ValueError as exc:
         raise ConfigError(f"--faults: {exc}") from None
-    sim = Simulator(tasks, seed=seed, token=token, arrivals_per_request=arrivals,
-                    updates_per_request=updates, expiries_per_request=expiries, faults=plan,
-                    nested=nested)  # fmt: skip
+    sim = Simulator(
+        tasks,
+        seed=seed,
+        token=token,
+        arrivals_per_request=arrivals,
+        updates_per_request=updates,
+        expiries_per_request=expiries,
+        faults=plan,
+        nested=nested,
+    )
     try:
         server = SimulatorServer(sim, host, port).start()
     except OSError as exc:
@@ -410,8 +486,13 @@ def simulate(port: int, host: str, tasks: int, seed: int, token_env: str | None,
 
 
 @cli.command()
-@click.option("--path", "db_path", default="tasksync-demo.db", show_default=True,
-              help="The SQLite file the demo (re)creates.")
+@click.option(
+    "--path",
+    "db_path",
+    default="tasksync-demo.db",
+    show_default=True,
+    help="The SQLite file the demo (re)creates.",
+)
 @click.option("--tasks", type=int, default=5000, show_default=True)
 def demo(db_path: str, tasks: int) -> None:
     """Offline demo: simulator → SQLite backfill → incremental sync → history answers."""
@@ -422,8 +503,10 @@ def demo(db_path: str, tasks: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning errors into one line and an exit code."""
-    verbose = any(a in ("-v", "--verbose") or (a.startswith("-v") and set(a[1:]) == {"v"})
-                  for a in (argv if argv is not None else sys.argv[1:]))  # fmt: skip
+    verbose = any(
+        a in ("-v", "--verbose") or (a.startswith("-v") and set(a[1:]) == {"v"})
+        for a in (argv if argv is not None else sys.argv[1:])
+    )
     try:
         cli.main(args=argv, prog_name="tasksync", standalone_mode=False)
     except click.exceptions.Abort:
@@ -445,6 +528,9 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         if verbose:
             traceback.print_exc()
-        click.echo(f"tasksync: internal error: {type(exc).__name__}: {exc} "
-                   "(run with -v for the traceback)", err=True)  # fmt: skip
+        click.echo(
+            f"tasksync: internal error: {type(exc).__name__}: {exc} "
+            "(run with -v for the traceback)",
+            err=True,
+        )
         sys.exit(1)

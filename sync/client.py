@@ -174,8 +174,9 @@ class Client:
         with self._count_lock:
             self.requests += 1
         try:
-            resp = self.http.post(url, content=orjson.dumps(body),
-                                  headers={"Content-Type": "application/json"})  # fmt: skip
+            resp = self.http.post(
+                url, content=orjson.dumps(body), headers={"Content-Type": "application/json"}
+            )
         except httpx.TimeoutException:
             raise _Transient(f"source {name}: POST {url}: timed out", ServerUnreachable) from None
         except (httpx.TransportError, OSError) as exc:
@@ -201,8 +202,7 @@ class Client:
         content = resp.content
         if not content.strip():
             raise _Transient(
-                f"source {name}: POST {url} returned {status} {ctype} with an empty body, "
-                "not JSON",
+                f"source {name}: POST {url} returned {status} {ctype} with an empty body, not JSON",
                 BadResponse,
             )
         try:

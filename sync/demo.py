@@ -31,8 +31,10 @@ def run_demo(path: Path, tasks: int, progress_cls: Any) -> None:
         with Client(src) as client:
             with progress_cls("backfill demo") as progress:
                 first = pipeline.backfill(store, client, src, progress=progress)
-            click.echo(f"backfill: {first.inserted} tasks in {first.pages} pages, "
-                       f"{first.requests} requests, {first.duration_s:.1f}s")  # fmt: skip
+            click.echo(
+                f"backfill: {first.inserted} tasks in {first.pages} pages, "
+                f"{first.requests} requests, {first.duration_s:.1f}s"
+            )
             # The server moves on: new tasks arrive, unfinished ones progress.
             new = sim.arrive(25)
             watched = sim.index_of(new[0])
@@ -42,24 +44,34 @@ def run_demo(path: Path, tasks: int, progress_cls: Any) -> None:
                     sim.advance(i)
                 sim.advance(watched)
                 again = pipeline.incremental(store, client, src)
-                click.echo(f"sync: {again.inserted} new, {again.changed} changed, "
-                           f"{again.requests} requests, {again.duration_s:.2f}s")  # fmt: skip
+                click.echo(
+                    f"sync: {again.inserted} new, {again.changed} changed, "
+                    f"{again.requests} requests, {again.duration_s:.2f}s"
+                )
         rows = [r for r in timings_by_action_day(store, "demo") if r["tasks_timed"]]
         last_day = max(r["day"] for r in rows)
         click.echo(f"\nMedian queue and run time on {last_day}, by action:")
         for r in rows:
             if r["day"] == last_day:
-                click.echo(f"  {r['day']} {r['action']:<10} {r['tasks_timed']:>4} tasks  "
-                           f"queue {r['median_queue_s']:>5}s  run {r['median_run_s']:>5}s")  # fmt: skip
+                click.echo(
+                    f"  {r['day']} {r['action']:<10} {r['tasks_timed']:>4} tasks  "
+                    f"queue {r['median_queue_s']:>5}s  run {r['median_run_s']:>5}s"
+                )
         click.echo("\nFailure rate, last 5 days:")
         for r in [r for r in failure_rate_by_day(store, "demo") if r["finished"]][-5:]:
-            click.echo(f"  {r['day']}  {r['failed']:>3} of {r['finished']:>4} failed "
-                       f"({r['failure_rate_pct']}%)")  # fmt: skip
+            click.echo(
+                f"  {r['day']}  {r['failed']:>3} of {r['finished']:>4} failed "
+                f"({r['failure_rate_pct']}%)"
+            )
         tid = sim.task_id(watched)
         click.echo(f"\nStatus history of task {tid}:")
         for e in status_history(store, "demo", tid):
-            click.echo(f"  {e['observed_at']:%H:%M:%S} {e['kind']:<8} "
-                       f"{e['previous_status'] or '-':>11} → {e['status']} ({e['progress']})")  # fmt: skip
+            click.echo(
+                f"  {e['observed_at']:%H:%M:%S} {e['kind']:<8} "
+                f"{e['previous_status'] or '-':>11} → {e['status']} ({e['progress']})"
+            )
         store.dispose()
-    click.echo(f"\ndone in {time.monotonic() - t0:.1f}s. Explore: "
-               f"tasksync --db sqlite:///{path} query \"SELECT * FROM daily_stats LIMIT 5\"")  # fmt: skip
+    click.echo(
+        f"\ndone in {time.monotonic() - t0:.1f}s. Explore: "
+        f'tasksync --db sqlite:///{path} query "SELECT * FROM daily_stats LIMIT 5"'
+    )

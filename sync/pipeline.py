@@ -64,8 +64,18 @@ class RunReport:
         self.rejected += res.rejected
 
     def counts(self) -> dict[str, int]:
-        keys = ("pages", "requests", "retries", "tasks_seen", "inserted", "changed",
-                "unchanged", "gone", "returned", "rejected")  # fmt: skip
+        keys = (
+            "pages",
+            "requests",
+            "retries",
+            "tasks_seen",
+            "inserted",
+            "changed",
+            "unchanged",
+            "gone",
+            "returned",
+            "rejected",
+        )
         return {k: getattr(self, k) for k in keys}
 
     def as_dict(self) -> dict[str, Any]:
@@ -120,11 +130,15 @@ def run_recorded(
             report.requests, report.retries = client.requests - req0, client.retries - ret0
             report.duration_s = time.monotonic() - t0
             try:
-                store.finish_run(report.run_id, report.counts(), report.outcome, report.error,
-                                 clock())  # fmt: skip
+                store.finish_run(
+                    report.run_id, report.counts(), report.outcome, report.error, clock()
+                )
             except Exception as exc:  # the database may be what failed; keep the first error
-                log.warning("source %s: could not record the run's outcome: %s", src.name,
-                            store.db_error(exc, "recording the outcome"))  # fmt: skip
+                log.warning(
+                    "source %s: could not record the run's outcome: %s",
+                    src.name,
+                    store.db_error(exc, "recording the outcome"),
+                )
     return report
 
 
@@ -153,8 +167,13 @@ def backfill(
             report.notes.append(f"resumed at page {start.page} after id {start.last_id}")
         stats = WalkStats()
         for page, cursor in walk(_pages(client, src), start, stats):
-            res = store.save(src.name, page.tasks, report.run_id, clock(),
-                             checkpoint=("backfill", cursor.page, cursor.last_id, cursor.total))  # fmt: skip
+            res = store.save(
+                src.name,
+                page.tasks,
+                report.run_id,
+                clock(),
+                checkpoint=("backfill", cursor.page, cursor.last_id, cursor.total),
+            )
             report.pages += 1
             report.absorb(res)
             if progress:
@@ -167,9 +186,14 @@ def backfill(
 
 
 def _save_unseen(
-    store: Store, src: SourceSettings, tasks: list[Any], seen: set[str], report: RunReport,
-    clock: Clock, dry_run: bool,
-) -> SaveResult:  # fmt: skip
+    store: Store,
+    src: SourceSettings,
+    tasks: list[Any],
+    seen: set[str],
+    report: RunReport,
+    clock: Clock,
+    dry_run: bool,
+) -> SaveResult:
     """Save tasks not already handled in this run (so dry-run counts are not doubled)."""
     fresh = [t for t in tasks if not (isinstance(t, dict) and str(t.get("id")) in seen)]
     res = store.save(src.name, fresh, report.run_id, clock(), dry_run=dry_run)
@@ -247,9 +271,15 @@ def sweep(
             report.notes.append(f"nothing marked gone: {why}")
             log.warning("source %s: sweep marks nothing gone: %s", src.name, why)
             return
-        report.gone = store.mark_gone(src.name, seen, report.run_id, clock(),
-                                      max_share=src.mass_gone_share, allow_mass=allow_mass_gone,
-                                      dry_run=dry_run)  # fmt: skip
+        report.gone = store.mark_gone(
+            src.name,
+            seen,
+            report.run_id,
+            clock(),
+            max_share=src.mass_gone_share,
+            allow_mass=allow_mass_gone,
+            dry_run=dry_run,
+        )
         if not dry_run:
             store.touch_seen(src.name, clock())
 

@@ -69,7 +69,10 @@ def check_statement(sql: str) -> None:
         raise QueryRefused("query refused: empty statement")
     if ";" in body:
         raise QueryRefused("query refused: only one statement at a time")
-    first = body.split(None, 1)[0].upper().strip("(")
+    words = body.upper().split()
+    if "INTO" in words:  # SELECT ... INTO OUTFILE / INTO new_table write, whatever the verb
+        raise QueryRefused("query refused: SELECT ... INTO writes; only plain reads are allowed")
+    first = words[0].strip("(")
     if first not in READ_KEYWORDS:
         raise QueryRefused(
             f"query refused: {first} is not a read-only statement "
@@ -77,8 +80,9 @@ def check_statement(sql: str) -> None:
         )
 
 
-def sqlite_authorizer(action: int, arg1: str | None, arg2: str | None, _db: str | None,
-                      _src: str | None) -> int:  # fmt: skip
+def sqlite_authorizer(
+    action: int, arg1: str | None, arg2: str | None, _db: str | None, _src: str | None
+) -> int:
     """Allow reads only: no ATTACH, no writing PRAGMA, no DML or DDL of any kind."""
     if action in _ALLOWED_SQLITE:
         return sqlite3.SQLITE_OK

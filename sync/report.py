@@ -30,36 +30,54 @@ def timings_by_action_day(store: Store, source: str | None = None) -> list[dict[
                 r.append(run_ms)
     out = []
     for (day, action), (q, r) in sorted(groups.items()):
-        out.append({
-            "day": day, "action": action, "tasks_timed": len(r),
-            "median_queue_s": round(statistics.median(q) / 1000, 1) if q else None,
-            "median_run_s": round(statistics.median(r) / 1000, 1) if r else None,
-        })  # fmt: skip
+        out.append(
+            {
+                "day": day,
+                "action": action,
+                "tasks_timed": len(r),
+                "median_queue_s": round(statistics.median(q) / 1000, 1) if q else None,
+                "median_run_s": round(statistics.median(r) / 1000, 1) if r else None,
+            }
+        )
     return out
 
 
 def failure_rate_by_day(store: Store, source: str | None = None) -> list[dict[str, Any]]:
     """Finished tasks per day and the share that failed, from the daily_stats view."""
-    sql = ("SELECT day, SUM(succeeded), SUM(failed), SUM(cancelled) FROM daily_stats"
-           + (" WHERE source = :source" if source else "") + " GROUP BY day ORDER BY day")  # fmt: skip
+    sql = (
+        "SELECT day, SUM(succeeded), SUM(failed), SUM(cancelled) FROM daily_stats"
+        + (" WHERE source = :source" if source else "")
+        + " GROUP BY day ORDER BY day"
+    )
     out = []
     with store.engine.connect() as conn:
         for day, ok, failed, cancelled in conn.execute(text(sql), {"source": source}):
             finished = int(ok or 0) + int(failed or 0) + int(cancelled or 0)
             rate = round(100 * int(failed or 0) / finished, 1) if finished else None
-            out.append({"day": str(day), "finished": finished, "failed": int(failed or 0),
-                        "failure_rate_pct": rate})  # fmt: skip
+            out.append(
+                {
+                    "day": str(day),
+                    "finished": finished,
+                    "failed": int(failed or 0),
+                    "failure_rate_pct": rate,
+                }
+            )
     return out
 
 
 def status_history(store: Store, source: str, task_id: str) -> list[dict[str, Any]]:
     """Every observed change of one task, oldest first."""
     q = (
-        select(TaskEvent.observed_at, TaskEvent.kind, TaskEvent.previous_status,
-               TaskEvent.status, TaskEvent.progress)
+        select(
+            TaskEvent.observed_at,
+            TaskEvent.kind,
+            TaskEvent.previous_status,
+            TaskEvent.status,
+            TaskEvent.progress,
+        )
         .where(TaskEvent.source == source, TaskEvent.task_id == task_id)
         .order_by(TaskEvent.observed_at, TaskEvent.id)
-    )  # fmt: skip
+    )
     with store.engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(q)]
 
@@ -72,26 +90,45 @@ def source_status(store: Store, names: list[str] | None, now: datetime | None = 
             names = [r[0] for r in conn.execute(text("SELECT DISTINCT source FROM sync_runs"))]
         out = []
         for name in names:
-            archived, gone, unfinished = conn.execute(text(
-                "SELECT COUNT(*), SUM(CASE WHEN gone_at IS NULL THEN 0 ELSE 1 END), "
-                "SUM(CASE WHEN gone_at IS NULL AND (status IS NULL OR status NOT IN "
-                "('SUCCESS','FAILURE','CANCEL')) THEN 1 ELSE 0 END) FROM tasks WHERE source = :s"
-            ), {"s": name}).one()  # fmt: skip
+            archived, gone, unfinished = conn.execute(
+                text(
+                    "SELECT COUNT(*), SUM(CASE WHEN gone_at IS NULL THEN 0 ELSE 1 END), "
+                    "SUM(CASE WHEN gone_at IS NULL AND (status IS NULL OR status NOT IN "
+                    "('SUCCESS','FAILURE','CANCEL')) THEN 1 ELSE 0 END) "
+                    "FROM tasks WHERE source = :s"
+                ),
+                {"s": name},
+            ).one()
             runs = conn.execute(
-                select(SyncRun.kind, SyncRun.outcome, SyncRun.started_at, SyncRun.duration_s,
-                       SyncRun.inserted, SyncRun.changed, SyncRun.gone, SyncRun.error)
-                .where(SyncRun.source == name).order_by(SyncRun.id.desc()).limit(5)
-            ).all()  # fmt: skip
+                select(
+                    SyncRun.kind,
+                    SyncRun.outcome,
+                    SyncRun.started_at,
+                    SyncRun.duration_s,
+                    SyncRun.inserted,
+                    SyncRun.changed,
+                    SyncRun.gone,
+                    SyncRun.error,
+                )
+                .where(SyncRun.source == name)
+                .order_by(SyncRun.id.desc())
+                .limit(5)
+            ).all()
             ok = conn.execute(
                 select(func.max(SyncRun.finished_at)).where(
-                    SyncRun.source == name, SyncRun.outcome == "ok")
-            ).scalar()  # fmt: skip
+                    SyncRun.source == name, SyncRun.outcome == "ok"
+                )
+            ).scalar()
             since = f"{_ago(now - ok)} ago" if ok else "never"
-            out.append(f"source {name}: {archived} tasks archived ({int(gone or 0)} gone, "
-                       f"{int(unfinished or 0)} unfinished); last success {since}")  # fmt: skip
+            out.append(
+                f"source {name}: {archived} tasks archived ({int(gone or 0)} gone, "
+                f"{int(unfinished or 0)} unfinished); last success {since}"
+            )
             for kind, outcome, started, dur, ins, chg, gn, err in runs:
-                line = (f"  {started:%Y-%m-%d %H:%M:%S} {kind:<8} {outcome:<11} "
-                        f"{(dur or 0):6.1f}s  +{ins} ~{chg} -{gn}")  # fmt: skip
+                line = (
+                    f"  {started:%Y-%m-%d %H:%M:%S} {kind:<8} {outcome:<11} "
+                    f"{(dur or 0):6.1f}s  +{ins} ~{chg} -{gn}"
+                )
                 if err:
                     line += f"  {err[:120]}"
                 out.append(line)

@@ -19,9 +19,19 @@ from typing import Any
 
 import orjson
 
-ACTIONS = ["IMAGINE"] * 5 + ["UPSCALE"] * 3 + ["VARIATION"] * 2 + [
-    "ZOOM", "PAN", "DESCRIBE", "BLEND", "SHORTEN", "SWAP_FACE",
-]  # fmt: skip
+ACTIONS = (
+    ["IMAGINE"] * 5
+    + ["UPSCALE"] * 3
+    + ["VARIATION"] * 2
+    + [
+        "ZOOM",
+        "PAN",
+        "DESCRIBE",
+        "BLEND",
+        "SHORTEN",
+        "SWAP_FACE",
+    ]
+)
 UNFINISHED = ("NOT_START", "SUBMITTED", "MODAL", "IN_PROGRESS")
 TERMINAL = ("SUCCESS", "FAILURE", "CANCEL")
 LONG_PROMPT = ("ultra detailed isometric diorama of a floating library, " * 80)[:4000]
@@ -37,8 +47,12 @@ PROMPTS = [
     "product photo of a perfume bottle on wet black stone,\nstudio light\n--style raw",
     "Ελληνικός ναός στο ηλιοβασίλεμα, 8k",
 ]
-FAIL_REASONS = ["[Invalid parameter] Unrecognized parameter(s): --foo",
-                "Banned prompt detected: 🚫", "任务超时", "Create task error"]  # fmt: skip
+FAIL_REASONS = [
+    "[Invalid parameter] Unrecognized parameter(s): --foo",
+    "Banned prompt detected: 🚫",
+    "任务超时",
+    "Create task error",
+]
 T0_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 GAP_MS = 7_000
 
@@ -64,8 +78,15 @@ class Faults:
     @classmethod
     def parse(cls, text: str) -> Faults:
         """'429=0.1,5xx=0.05,truncate=0.02,slow=0.02,drop=0.01,refuse=0.01,html=0.01'."""
-        names = {"429": "rate_limit", "5xx": "server_error", "truncate": "truncated",
-                 "slow": "slow", "drop": "drop", "refuse": "refuse", "html": "html"}  # fmt: skip
+        names = {
+            "429": "rate_limit",
+            "5xx": "server_error",
+            "truncate": "truncated",
+            "slow": "slow",
+            "drop": "drop",
+            "refuse": "refuse",
+            "html": "html",
+        }
         out = cls()
         for part in filter(None, (p.strip() for p in text.split(","))):
             key, _, val = part.partition("=")
@@ -122,9 +143,10 @@ class Simulator:
         self.requests = 0
         self.query_requests = 0
         self.on_request: Callable[[Simulator], None] | None = None
+        self.slow_next = 0.0
         self.lock = threading.RLock()
 
-    # ---- tasks --------------------------------------------------------------------------------
+    # ---- tasks -----------------------------------------------------------------------------------
     def task_id(self, i: int) -> str:
         """Ids as NZ >= 2.4 and trueai make them: 13-digit epoch ms + 3 digits, in index order."""
         return f"{T0_MS + i * self.gap_ms}{i % 1000:03d}"
@@ -139,8 +161,15 @@ class Simulator:
         h, h2 = _h(i, self.seed), _h(i, self.seed + 1)
         r = h % 1000
         pm = self.unfinished_per_mille
-        status = ("SUCCESS" if r < 880 - pm else "FAILURE" if r < 950 - pm else
-                  "CANCEL" if r < 1000 - pm else UNFINISHED[h2 % 4])  # fmt: skip
+        status = (
+            "SUCCESS"
+            if r < 880 - pm
+            else "FAILURE"
+            if r < 950 - pm
+            else "CANCEL"
+            if r < 1000 - pm
+            else UNFINISHED[h2 % 4]
+        )
         return self._build(i, ACTIONS[h2 % len(ACTIONS)], status, T0_MS + i * self.gap_ms, h)
 
     def _build(self, i: int, action: str, status: str, submit: int, h: int) -> dict[str, Any]:
@@ -149,36 +178,64 @@ class Simulator:
         start = submit + 400 + h % 30_000
         finish = start + 15_000 + (h >> 8) % 90_000
         task: dict[str, Any] = {
-            "id": tid, "action": action, "status": status, "prompt": prompt,
+            "id": tid,
+            "action": action,
+            "status": status,
+            "prompt": prompt,
             "promptEn": prompt if h % 3 else None,
             "description": f"/{action.lower()} {prompt[:60]}",
             "state": f"user-{h % 97}" if h % 4 == 0 else None,
-            "submitTime": submit, "startTime": None, "finishTime": None,
-            "imageUrl": None, "progress": "0%", "failReason": None,
-            "properties": {"finalPrompt": f"{prompt} --v 6.1", "nonce": str(10**18 + h * 977),
-                           "botType": "NIJI_JOURNEY" if h % 5 == 0 else "MID_JOURNEY",
-                           "discordInstanceId": str(1100 + h % 3), "flags": h % 64},
+            "submitTime": submit,
+            "startTime": None,
+            "finishTime": None,
+            "imageUrl": None,
+            "progress": "0%",
+            "failReason": None,
+            "properties": {
+                "finalPrompt": f"{prompt} --v 6.1",
+                "nonce": str(10**18 + h * 977),
+                "botType": "NIJI_JOURNEY" if h % 5 == 0 else "MID_JOURNEY",
+                "discordInstanceId": str(1100 + h % 3),
+                "flags": h % 64,
+            },
             "buttons": [],
-        }  # fmt: skip
+        }
         if status == "NOT_START":
             task["progress"] = ""
         elif status == "IN_PROGRESS":
-            task.update(startTime=start, progress=f"{10 + h % 80}%",
-                        imageUrl=f"https://cdn.example.com/progress/{tid}.webp")  # fmt: skip
+            task.update(
+                startTime=start,
+                progress=f"{10 + h % 80}%",
+                imageUrl=f"https://cdn.example.com/progress/{tid}.webp",
+            )
         elif status == "SUCCESS":
-            task.update(startTime=start, finishTime=finish, progress="100%",
-                        imageUrl=f"https://cdn.example.com/attachments/{tid}/grid_0.png")  # fmt: skip
+            task.update(
+                startTime=start,
+                finishTime=finish,
+                progress="100%",
+                imageUrl=f"https://cdn.example.com/attachments/{tid}/grid_0.png",
+            )
             if action in ("IMAGINE", "VARIATION", "ZOOM", "PAN"):
                 task["buttons"] = [
-                    {"customId": f"MJ::JOB::{k}::{n}::{tid}", "emoji": "🔄" if k == "reroll" else "",
-                     "label": f"{k[0].upper()}{n}", "type": 2, "style": 2}
-                    for k in ("upsample", "variation") for n in (1, 2, 3, 4)
-                ]  # fmt: skip
+                    {
+                        "customId": f"MJ::JOB::{k}::{n}::{tid}",
+                        "emoji": "🔄" if k == "reroll" else "",
+                        "label": f"{k[0].upper()}{n}",
+                        "type": 2,
+                        "style": 2,
+                    }
+                    for k in ("upsample", "variation")
+                    for n in (1, 2, 3, 4)
+                ]
             if action == "DESCRIBE":
                 task["properties"]["finalPrompt"] = "1️⃣ a cat\n\n2️⃣ 一只猫\n\n3️⃣ a 🐱"
         elif status == "FAILURE":
-            task.update(startTime=start if h % 2 else None, finishTime=finish, progress="",
-                        failReason=FAIL_REASONS[h % len(FAIL_REASONS)])  # fmt: skip
+            task.update(
+                startTime=start if h % 2 else None,
+                finishTime=finish,
+                progress="",
+                failReason=FAIL_REASONS[h % len(FAIL_REASONS)],
+            )
         elif status == "CANCEL":
             task.update(finishTime=finish, progress="", failReason="canceled by user")
         if h % 11 == 0:
@@ -197,7 +254,7 @@ class Simulator:
         with self.lock:
             return [self.task_id(i) for i in reversed(self.alive)]
 
-    # ---- change ---------------------------------------------------------------------------------
+    # ---- change ----------------------------------------------------------------------------------
     def arrive(self, n: int = 1) -> list[str]:
         """n new tasks at the head of the list, just submitted."""
         with self.lock:
@@ -235,11 +292,19 @@ class Simulator:
                 if pct < 70:
                     t.update(progress=f"{pct + 30}%")
                 elif h % 5 == 0:
-                    t.update(status="FAILURE", finishTime=now, progress="",
-                             failReason=FAIL_REASONS[h % len(FAIL_REASONS)])  # fmt: skip
+                    t.update(
+                        status="FAILURE",
+                        finishTime=now,
+                        progress="",
+                        failReason=FAIL_REASONS[h % len(FAIL_REASONS)],
+                    )
                 else:
-                    t.update(status="SUCCESS", finishTime=now, progress="100%",
-                             imageUrl=f"https://cdn.example.com/attachments/{t['id']}/final.png")  # fmt: skip
+                    t.update(
+                        status="SUCCESS",
+                        finishTime=now,
+                        progress="100%",
+                        imageUrl=f"https://cdn.example.com/attachments/{t['id']}/final.png",
+                    )
             else:  # finished tasks still change: a storage copy of the image, a seed
                 t["imageUrl"] = f"https://oss.example.com/{t['id']}.png?v={now}"
                 t["properties"]["imageSeed"] = str(h)
@@ -274,7 +339,7 @@ class Simulator:
         if self.expiries_per_request:
             self.expire(self._draw(self.expiries_per_request))
 
-    # ---- the API ----------------------------------------------------------------------------------
+    # ---- the API ---------------------------------------------------------------------------------
     def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Reply:
         """Answer one request (shared by the HTTP server and tests' MockTransport)."""
         with self.lock:
@@ -312,24 +377,22 @@ class Simulator:
         return self.token in (lower.get("mj-api-secret"), auth, auth.removeprefix("Bearer "))
 
     def _fault(self) -> Reply | None:
+        """Maybe replace this request's answer with a fault (or make it slow)."""
         f, r = self.faults, self.fault_rng.random()
-        for rate, reply in (
-            (f.rate_limit, lambda: Reply(429, b"", "text/plain", {"Retry-After": f.retry_after})),
-            (f.server_error, lambda: Reply(502, b"<html><body><h1>502 Bad Gateway</h1></body></html>",
-                                           "text/html")),
-            (f.html, lambda: Reply(200, b"<!doctype html><html><title>Dashboard</title></html>",
-                                   "text/html")),
-            (f.drop, lambda: Reply(0, drop=True)),
-            (f.refuse, lambda: Reply(200, b'{"success":false,"code":500,"message":"busy"}')),
-        ):  # fmt: skip
+        options = [
+            (f.rate_limit, Reply(429, b"", "text/plain", {"Retry-After": f.retry_after})),
+            (f.server_error, Reply(502, b"<html><h1>502 Bad Gateway</h1></html>", "text/html")),
+            (f.html, Reply(200, b"<!doctype html><html><title>Dashboard</title>", "text/html")),
+            (f.drop, Reply(0, drop=True)),
+            (f.refuse, Reply(200, b'{"success":false,"code":500,"message":"busy"}')),
+            (f.truncated, Reply(200, b'{"content":[{"id":"1767225600')),
+        ]
+        for rate, reply in options:
             if r < rate:
-                return reply()
+                return reply
             r -= rate
-        if r < f.truncated:
-            return Reply(200, b'{"content":[{"id":"1767225600', headers={"X-Truncated": "1"})
-        r -= f.truncated
         if r < f.slow:
-            self._slow_next = f.slow_s
+            self.slow_next = f.slow_s
         return None
 
     def _query(self, req: Any) -> Reply:
@@ -337,8 +400,11 @@ class Simulator:
             return Reply(400, b'{"error":"Bad Request","status":400}')
         number, size = req.get("pageNumber", 0), req.get("pageSize", 10)
         if not isinstance(number, int) or not isinstance(size, int) or number < 0 or size < 1:
-            return Reply(400, b'{"error":"Bad Request","message":"Page index must not be less '
-                              b'than zero","status":400}')  # fmt: skip
+            return Reply(
+                400,
+                b'{"error":"Bad Request","message":"Page index must not be less '
+                b'than zero","status":400}',
+            )
         size = min(size, self.page_cap)
         total = len(self.alive)
         hi = total - number * size
@@ -347,19 +413,37 @@ class Simulator:
         pages = (total + size - 1) // size
         last = number >= pages - 1
         if self.nested:
-            doc: dict[str, Any] = {"content": content, "page": {
-                "size": size, "number": number, "totalElements": total, "totalPages": pages}}
+            doc: dict[str, Any] = {
+                "content": content,
+                "page": {
+                    "size": size,
+                    "number": number,
+                    "totalElements": total,
+                    "totalPages": pages,
+                },
+            }
         else:
             doc = {
-                "content": content, "empty": not content, "first": number == 0, "last": last,
-                "number": number, "numberOfElements": len(content), "size": size,
-                "totalElements": total, "totalPages": pages,
-                "pageable": {"offset": number * size, "pageNumber": number, "pageSize": size,
-                             "paged": True, "unpaged": False,
-                             "sort": {"empty": False, "sorted": True, "unsorted": False}},
+                "content": content,
+                "empty": not content,
+                "first": number == 0,
+                "last": last,
+                "number": number,
+                "numberOfElements": len(content),
+                "size": size,
+                "totalElements": total,
+                "totalPages": pages,
+                "pageable": {
+                    "offset": number * size,
+                    "pageNumber": number,
+                    "pageSize": size,
+                    "paged": True,
+                    "unpaged": False,
+                    "sort": {"empty": False, "sorted": True, "unsorted": False},
+                },
                 "sort": {"empty": False, "sorted": True, "unsorted": False},
-            }  # fmt: skip
-        delay, self._slow_next = getattr(self, "_slow_next", 0.0), 0.0
+            }
+        delay, self.slow_next = self.slow_next, 0.0
         return Reply(200, orjson.dumps(doc), delay=delay)
 
 
@@ -367,7 +451,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     sim: Simulator
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def _serve(self) -> None:
@@ -383,8 +467,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", reply.content_type)
         self.send_header("Content-Length", str(len(reply.body)))
         for k, v in reply.headers.items():
-            if k != "X-Truncated":
-                self.send_header(k, v)
+            self.send_header(k, v)
         self.end_headers()
         self.wfile.write(reply.body)
 

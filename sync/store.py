@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import logging
 import os
 import socket
@@ -15,12 +16,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from sqlalchemy import (
     Connection,
     Engine,
+    Table,
     create_engine,
     delete,
     event,
@@ -203,12 +205,28 @@ class Store:
     def start_run(self, source: str, kind: str, now: datetime) -> int:
         """Record a run as `running` and commit at once, so even a crash leaves a trace."""
         values = dict(
-            source=source, kind=kind, started_at=now, outcome="running",
-            host=socket.gethostname()[:255], pid=os.getpid(),
+            source=source,
+            kind=kind,
+            started_at=now,
+            outcome="running",
+            host=socket.gethostname()[:255],
+            pid=os.getpid(),
             **dict.fromkeys(
-                ("pages", "requests", "retries", "tasks_seen", "inserted", "changed",
-                 "unchanged", "gone", "returned", "rejected"), 0),
-        )  # fmt: skip
+                (
+                    "pages",
+                    "requests",
+                    "retries",
+                    "tasks_seen",
+                    "inserted",
+                    "changed",
+                    "unchanged",
+                    "gone",
+                    "returned",
+                    "rejected",
+                ),
+                0,
+            ),
+        )
         try:
             with self.engine.begin() as conn:
                 result = conn.execute(insert(SyncRun).values(**values))
@@ -229,21 +247,26 @@ class Store:
                 update(SyncRun)
                 .where(SyncRun.id == run_id)
                 .values(
-                    finished_at=now, outcome=outcome, error=error and error[:2000],
-                    duration_s=(now - started).total_seconds(), **counts,
+                    finished_at=now,
+                    outcome=outcome,
+                    error=error and error[:2000],
+                    duration_s=(now - started).total_seconds(),
+                    **counts,
                 )
-            )  # fmt: skip
+            )
 
     def runs(self, source: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
         q = select(SyncRun).order_by(SyncRun.id.desc()).limit(limit)
         if source:
             q = q.where(SyncRun.source == source)
         with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(q.with_only_columns(*SyncRun.__table__.c))]
+            return [
+                dict(r._mapping) for r in conn.execute(q.with_only_columns(*SyncRun.__table__.c))
+            ]
 
     # ---- saving tasks -----------------------------------------------------------------
     def _upsert(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
-        table = Task.__table__
+        table = cast(Table, Task.__table__)
         if self.dialect == "postgresql":
             pg = postgresql.insert(table)
             stmt: Any = pg.on_conflict_do_update(
@@ -292,8 +315,11 @@ class Store:
             if exc.connection_invalidated or isinstance(exc, sa_exc.OperationalError):
                 raise self.db_error(exc, "saving tasks") from None
             # One task the database refuses must not sink the others: isolate it.
-            log.warning("source %s: batch refused (%s); retrying task by task", source,
-                        _scrub(str(exc.orig), self.url))  # fmt: skip
+            log.warning(
+                "source %s: batch refused (%s); retrying task by task",
+                source,
+                _scrub(str(exc.orig), self.url),
+            )
             result = self._save_one_by_one(source, records, run_id, now, result.rejected)
             if checkpoint and not dry_run:
                 with self.engine.begin() as conn:
@@ -301,9 +327,13 @@ class Store:
         return result
 
     def _save_one_by_one(
-        self, source: str, records: dict[str, Record], run_id: int | None, now: datetime,
+        self,
+        source: str,
+        records: dict[str, Record],
+        run_id: int | None,
+        now: datetime,
         rejected: int,
-    ) -> SaveResult:  # fmt: skip
+    ) -> SaveResult:
         total = SaveResult(rejected=rejected, seen=len(records))
         for task_id, rec in records.items():
             one = SaveResult()
@@ -315,8 +345,12 @@ class Store:
                     raise self.db_error(exc, "saving tasks") from None
                 total.rejected += 1
                 total.seen -= 1
-                log.warning("source %s: task %s not stored: %s", source, task_id,
-                            _scrub(str(exc.orig), self.url))  # fmt: skip
+                log.warning(
+                    "source %s: task %s not stored: %s",
+                    source,
+                    task_id,
+                    _scrub(str(exc.orig), self.url),
+                )
                 continue
             one.seen = 0
             total.add(one)
@@ -369,14 +403,12 @@ class Store:
         if changed_ids:
             old_raw: dict[str, Any] = {}
             for chunk in _chunks(changed_ids, 500):
-                q = select(Task.id, Task.raw).where(Task.source == source, Task.id.in_(chunk))
-                old_raw.update({tid: raw for tid, raw in conn.execute(q)})
+                raws = select(Task.id, Task.raw).where(Task.source == source, Task.id.in_(chunk))
+                old_raw.update({cid: raw for cid, raw in conn.execute(raws)})
             for tid in changed_ids:
                 rec = records[tid]
                 fields = changed_fields(old_raw.get(tid), rec.raw)
-                events.append(
-                    _event(source, rec, run_id, now, "changed", existing[tid][1], fields)
-                )
+                events.append(_event(source, rec, run_id, now, "changed", existing[tid][1], fields))
         if dry_run or not rows:
             return
         for row in rows:
@@ -455,12 +487,20 @@ class Store:
             conn.execute(
                 insert(TaskEvent),
                 [
-                    dict(source=source, task_id=tid, observed_at=now, run_id=run_id, kind="gone",
-                         status=statuses[tid][0], previous_status=statuses[tid][0],
-                         progress=statuses[tid][1], changed=None)
+                    dict(
+                        source=source,
+                        task_id=tid,
+                        observed_at=now,
+                        run_id=run_id,
+                        kind="gone",
+                        status=statuses[tid][0],
+                        previous_status=statuses[tid][0],
+                        progress=statuses[tid][1],
+                        changed=None,
+                    )
                     for tid in missing
                 ],
-            )  # fmt: skip
+            )
         return len(missing)
 
     def touch_seen(self, source: str, now: datetime) -> None:
@@ -474,18 +514,28 @@ class Store:
 
     # ---- checkpoints ------------------------------------------------------------------
     def _write_checkpoint(
-        self, conn: Connection, source: str, kind: str, page: int, cursor: str | None,
-        total: int | None, run_id: int | None, now: datetime,
-    ) -> None:  # fmt: skip
-        conn.execute(
-            delete(Checkpoint).where(Checkpoint.source == source, Checkpoint.kind == kind)
-        )
+        self,
+        conn: Connection,
+        source: str,
+        kind: str,
+        page: int,
+        cursor: str | None,
+        total: int | None,
+        run_id: int | None,
+        now: datetime,
+    ) -> None:
+        conn.execute(delete(Checkpoint).where(Checkpoint.source == source, Checkpoint.kind == kind))
         conn.execute(
             insert(Checkpoint).values(
-                source=source, kind=kind, page=page, cursor_id=cursor, cursor_total=total,
-                run_id=run_id, updated_at=now,
+                source=source,
+                kind=kind,
+                page=page,
+                cursor_id=cursor,
+                cursor_total=total,
+                run_id=run_id,
+                updated_at=now,
             )
-        )  # fmt: skip
+        )
 
     def checkpoint(self, source: str, kind: str) -> tuple[int, str | None, int | None] | None:
         q = select(Checkpoint.page, Checkpoint.cursor_id, Checkpoint.cursor_total).where(
@@ -517,8 +567,13 @@ class Store:
             row = conn.execute(select(Lease).where(Lease.source == source)).scalars().first()
         if row is None:
             return None
-        return {"holder": row.holder, "host": row.host, "pid": row.pid,
-                "since": row.acquired_at, "expires_at": row.expires_at}  # fmt: skip
+        return {
+            "holder": row.holder,
+            "host": row.host,
+            "pid": row.pid,
+            "since": row.acquired_at,
+            "expires_at": row.expires_at,
+        }
 
     # ---- read-only SQL --------------------------------------------------------------------
     def readonly_query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
@@ -553,7 +608,7 @@ class Store:
                 if self.dialect == "postgresql":
                     conn.exec_driver_sql("SET TRANSACTION READ ONLY")
                 else:
-                    conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+                    conn.exec_driver_sql("START TRANSACTION READ ONLY")
                 try:
                     cur2 = conn.exec_driver_sql(sql.replace("%", "%%"))
                     cols = list(cur2.keys()) if cur2.returns_rows else []
@@ -583,9 +638,10 @@ class WriterLock:
         self.source = source
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.key = int.from_bytes(
-            hashlib.blake2b(f"tasksync:{source}".encode(), digest_size=8).digest(), "big",
+            hashlib.blake2b(f"tasksync:{source}".encode(), digest_size=8).digest(),
+            "big",
             signed=True,
-        )  # fmt: skip
+        )
         self.name = f"tasksync:{source}"[:64]
         self.conn: Connection | None = None
         self._stop = threading.Event()
@@ -594,7 +650,9 @@ class WriterLock:
     def _held(self) -> LockHeld:
         info = self.store.lease_holder(self.source)
         if info:
-            who = f"host {info['host']} pid {info['pid']} since {info['since']:%Y-%m-%d %H:%M:%S} UTC"
+            who = (
+                f"host {info['host']} pid {info['pid']} since {info['since']:%Y-%m-%d %H:%M:%S} UTC"
+            )
         else:
             who = "another process"
         return LockHeld(f"source {self.source!r} is being synced by {who}; skipped")
@@ -628,19 +686,23 @@ class WriterLock:
 
     def _take_lease(self, now: datetime, require_free: bool) -> None:
         values = dict(
-            source=self.source, holder=self.holder, host=socket.gethostname()[:255],
-            pid=os.getpid(), acquired_at=now, heartbeat_at=now,
+            source=self.source,
+            holder=self.holder,
+            host=socket.gethostname()[:255],
+            pid=os.getpid(),
+            acquired_at=now,
+            heartbeat_at=now,
             expires_at=now + timedelta(seconds=LEASE_SECONDS),
-        )  # fmt: skip
-        with self.store.engine.connect().execution_options(sqlite_immediate=True) as conn:
-            with conn.begin():
-                row = conn.execute(
-                    select(Lease.holder, Lease.expires_at).where(Lease.source == self.source)
-                ).first()
-                if row is not None and require_free and row[1] > now and row[0] != self.holder:
-                    raise self._held()
-                conn.execute(delete(Lease).where(Lease.source == self.source))
-                conn.execute(insert(Lease).values(**values))
+        )
+        conn = self.store.engine.connect().execution_options(sqlite_immediate=True)
+        with conn, conn.begin():
+            row = conn.execute(
+                select(Lease.holder, Lease.expires_at).where(Lease.source == self.source)
+            ).first()
+            if row is not None and require_free and row[1] > now and row[0] != self.holder:
+                raise self._held()
+            conn.execute(delete(Lease).where(Lease.source == self.source))
+            conn.execute(insert(Lease).values(**values))
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(LEASE_SECONDS / 4):
@@ -653,18 +715,20 @@ class WriterLock:
                         .values(heartbeat_at=now, expires_at=now + timedelta(seconds=LEASE_SECONDS))
                     )
             except sa_exc.SQLAlchemyError as exc:
-                log.warning("source %s: lease heartbeat failed: %s", self.source,
-                            _scrub(str(exc), self.store.url))  # fmt: skip
+                log.warning(
+                    "source %s: lease heartbeat failed: %s",
+                    self.source,
+                    _scrub(str(exc), self.store.url),
+                )
 
     def release(self) -> None:
         self._stop.set()
         if self._beat is not None:
             self._beat.join(timeout=5)
-        with contextlib.suppress(sa_exc.SQLAlchemyError):
-            with self.store.engine.begin() as conn:
-                conn.execute(
-                    delete(Lease).where(Lease.source == self.source, Lease.holder == self.holder)
-                )
+        with contextlib.suppress(sa_exc.SQLAlchemyError), self.store.engine.begin() as conn:
+            conn.execute(
+                delete(Lease).where(Lease.source == self.source, Lease.holder == self.holder)
+            )
         if self.conn is not None:
             with contextlib.suppress(sa_exc.SQLAlchemyError):
                 if self.store.dialect == "postgresql":
@@ -678,12 +742,25 @@ class WriterLock:
 
 
 def _event(
-    source: str, rec: Record, run_id: int | None, now: datetime, kind: str,
-    previous: str | None, changed: list[str] | None,
-) -> dict[str, Any]:  # fmt: skip
-    return dict(source=source, task_id=rec.id, observed_at=now, run_id=run_id, kind=kind,
-                status=rec.row["status"], previous_status=previous,
-                progress=rec.row["progress"], changed=changed)  # fmt: skip
+    source: str,
+    rec: Record,
+    run_id: int | None,
+    now: datetime,
+    kind: str,
+    previous: str | None,
+    changed: list[str] | None,
+) -> dict[str, Any]:
+    return dict(
+        source=source,
+        task_id=rec.id,
+        observed_at=now,
+        run_id=run_id,
+        kind=kind,
+        status=rec.row["status"],
+        previous_status=previous,
+        progress=rec.row["progress"],
+        changed=changed,
+    )
 
 
 def _chunks(items: Sequence[str], n: int) -> Iterable[Sequence[str]]:
@@ -712,11 +789,7 @@ def _sqlite_pragmas(engine: Engine) -> None:
 
 def migrations_dir() -> Path:
     """The Alembic script folder: the installed `sync.migrations`, or the checkout's."""
-    try:
-        import sync.migrations as pkg
-
-        if pkg.__file__:
-            return Path(pkg.__file__).parent
-    except ImportError:
-        pass
+    spec = importlib.util.find_spec("sync.migrations")
+    if spec is not None and spec.origin:
+        return Path(spec.origin).parent
     return Path(__file__).resolve().parent.parent / "migrations"

@@ -20,6 +20,7 @@ that is not sorted by id makes drift undetectable (`verified = False`), with the
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -55,7 +56,7 @@ def page_ids(page: Page) -> list[str]:
 
 def _sorted_desc(ids: list[str]) -> bool:
     keys = [id_key(i) for i in ids]
-    return all(a >= b for a, b in zip(keys, keys[1:], strict=False))
+    return all(a >= b for a, b in itertools.pairwise(keys))
 
 
 def walk(
@@ -77,9 +78,7 @@ def walk(
         if page.total is None:
             st.verified = False
         q, c = cur.page, cur.last_id
-        shrank = (
-            page.total is None or cur.total is None or page.total < cur.total
-        ) and st.verified
+        shrank = (page.total is None or cur.total is None or page.total < cur.total) and st.verified
         if not ids:
             if q == 0 or c is None or not shrank:
                 st.complete = True

@@ -49,15 +49,17 @@ def _no_retry_waits() -> Iterator[None]:
 def _pg_admin() -> Any:
     import psycopg
 
-    return psycopg.connect(host=PG_HOST, user=PG_USER, dbname="postgres", autocommit=True,
-                           connect_timeout=3)  # fmt: skip
+    return psycopg.connect(
+        host=PG_HOST, user=PG_USER, dbname="postgres", autocommit=True, connect_timeout=3
+    )
 
 
 def _my_admin() -> Any:
     import pymysql
 
-    return pymysql.connect(host=MY_HOST, user=MY_USER, password="", connect_timeout=3,
-                           autocommit=True)  # fmt: skip
+    return pymysql.connect(
+        host=MY_HOST, user=MY_USER, password="", connect_timeout=3, autocommit=True
+    )
 
 
 def _require(kind: str) -> None:
@@ -68,8 +70,10 @@ def _require(kind: str) -> None:
             (_pg_admin if kind == "postgresql" else _my_admin)().close()
             _reachable[kind] = None
         except Exception as exc:
-            _reachable[kind] = f"{kind} at {PG_HOST if kind == 'postgresql' else MY_HOST} " \
-                               f"unreachable: {str(exc).splitlines()[0]}"  # fmt: skip
+            _reachable[kind] = (
+                f"{kind} at {PG_HOST if kind == 'postgresql' else MY_HOST} "
+                f"unreachable: {str(exc).splitlines()[0]}"
+            )
     reason = _reachable[kind]
     if reason:
         if CI:
@@ -96,9 +100,7 @@ def fresh_database(kind: str, tmp_path: Path) -> Iterator[str]:
         return
     conn = _my_admin()
     try:
-        conn.cursor().execute(
-            f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
-        )
+        conn.cursor().execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
         yield f"mysql+pymysql://{MY_USER}@{MY_HOST}/{name}?charset=utf8mb4"
     finally:
         conn.cursor().execute(f"DROP DATABASE IF EXISTS `{name}`")
@@ -163,8 +165,12 @@ def serve() -> Iterator[Callable[[Simulator], SimulatorServer]]:
 
 def source_for(url: str, **kw: Any) -> SourceSettings:
     """A source pointed at `url` with test-friendly limits."""
-    opts: dict[str, Any] = {"name": "main", "base_url": url, "max_requests_per_second": 10_000,
-                            "timeout_s": 5}  # fmt: skip
+    opts: dict[str, Any] = {
+        "name": "main",
+        "base_url": url,
+        "max_requests_per_second": 10_000,
+        "timeout_s": 5,
+    }
     opts.update(kw)
     return SourceSettings(**opts)
 

@@ -11,14 +11,18 @@ from sync.records import normalize
 from sync.simulator import Simulator
 from sync.store import Store
 
-COMPARED = [c for c in Task.__table__.columns.keys()
-            if c not in ("first_seen_at", "last_seen_at", "last_changed_at", "gone_at")]  # fmt: skip
+COMPARED = [
+    c.name
+    for c in Task.__table__.columns
+    if c.name not in ("first_seen_at", "last_seen_at", "last_changed_at", "gone_at")
+]
 
 
 def archive(store: Store, source: str = "main") -> dict[str, dict[str, Any]]:
     with store.engine.connect() as conn:
-        rows = conn.execute(select(Task).where(Task.source == source).with_only_columns(
-            *Task.__table__.c)).mappings()  # fmt: skip
+        rows = conn.execute(
+            select(Task).where(Task.source == source).with_only_columns(*Task.__table__.c)
+        ).mappings()
         return {r["id"]: dict(r) for r in rows}
 
 
@@ -47,8 +51,11 @@ def count(store: Store, model: Any, **where: Any) -> int:
 
 
 def events(store: Store, task_id: str) -> list[tuple[str, str | None, str | None]]:
-    q = (select(TaskEvent.kind, TaskEvent.previous_status, TaskEvent.status)
-         .where(TaskEvent.task_id == task_id).order_by(TaskEvent.id))  # fmt: skip
+    q = (
+        select(TaskEvent.kind, TaskEvent.previous_status, TaskEvent.status)
+        .where(TaskEvent.task_id == task_id)
+        .order_by(TaskEvent.id)
+    )
     with store.engine.connect() as conn:
         return [tuple(r) for r in conn.execute(q)]  # type: ignore[misc]
 
@@ -57,3 +64,18 @@ def last_run(store: Store) -> dict[str, Any]:
     with store.engine.connect() as conn:
         row = conn.execute(select(*SyncRun.__table__.c).order_by(SyncRun.id.desc())).mappings()
         return dict(row.first() or {})
+
+
+def sim_transport(sim: Simulator) -> Any:
+    """An httpx MockTransport that answers from the simulator in-process (no sockets)."""
+    import httpx
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        reply = sim.handle(request.method, request.url.path, dict(request.headers),
+                           request.content)  # fmt: skip
+        if reply.drop:
+            raise httpx.RemoteProtocolError("server closed the connection", request=request)
+        headers = {"Content-Type": reply.content_type, **reply.headers}
+        return httpx.Response(reply.status, content=reply.body, headers=headers)
+
+    return httpx.MockTransport(handler)

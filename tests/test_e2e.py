@@ -29,7 +29,11 @@ def test_backfill_10k_equals_simulator_field_by_field(
     assert count(store, TaskEvent, kind="created") == 10_000
     run = last_run(store)
     assert (run["kind"], run["outcome"], run["inserted"], run["requests"]) == (
-        "backfill", "ok", 10_000, 100)  # fmt: skip
+        "backfill",
+        "ok",
+        10_000,
+        100,
+    )
 
 
 def test_second_backfill_writes_nothing(

@@ -1,0 +1,213 @@
+"""The command line: one clear line and the documented exit code for every bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from sync.cli import main
+from sync.models import Task
+from sync.simulator import Faults, Simulator, SimulatorServer
+
+from .helpers import count
+
+Run = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> Run:  # fmt: skip
+    """Run `tasksync ARGS` in-process; return (exit code, stdout, stderr)."""
+    monkeypatch.chdir(tmp_path)
+    for var in ("TASKSYNC_CONFIG", "TASKSYNC_DATABASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+
+    def go(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+        for k, v in (env or {}).items():
+            monkeypatch.setenv(k, v)
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return go
+
+
+def write_config(path: Path, url: str, db: str, extra: str = "") -> Path:
+    path.write_text(f'[database]\nurl = "{db}"\n\n[[sources]]\nname = "main"\n'
+                    f'base_url = "{url}"\nmax_requests_per_second = 1000\n{extra}')  # fmt: skip
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        pytest.param('[[sources]]\nname = "a"\nbase_url = "http://x"\ncolour = 1\n',
+                     ["unknown key", "sources[0].colour"], id="unknown-key"),
+        pytest.param('[[sources]]\nname = "a"\nbase_url = "http://x"\npage_size = "big"\n',
+                     ["sources[0].page_size", "integer"], id="wrong-type"),
+        pytest.param('[[sources]]\nname = "a"\n', ["missing required key", "base_url"],
+                     id="missing-key"),
+        pytest.param("[database\n", ["not valid TOML"], id="bad-toml"),
+        pytest.param('[[sources]]\nname = "a"\nbase_url = "http://x"\npage_size = 500\n',
+                     ["page_size", "100"], id="out-of-range"),
+    ],
+)  # fmt: skip
+def test_bad_config_exits_2_with_one_line(run: Run, tmp_path: Path, text: str,
+                                          words: list[str]) -> None:  # fmt: skip
+    """Unknown key, wrong type, missing key: exit 2, one line naming the key and the file."""
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    code, out, err = run("--config", str(cfg), "config", "check")
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and str(cfg) in lines[0], err
+    for w in words:
+        assert w in lines[0]
+    assert "Traceback" not in err
+
+
+def test_missing_config_file_is_exit_2(run: Run) -> None:
+    """A --config that does not exist is named."""
+    code, _, err = run("--config", "nope.toml", "config", "check")
+    assert code == 2 and "nope.toml" in err
+
+
+def test_config_example_loads_and_check_redacts(run: Run, tmp_path: Path) -> None:
+    """config.example.toml is valid; config check shows where the token is from, not it."""
+    example = Path(__file__).parent.parent / "config.example.toml"
+    code, out, err = run("--config", str(example), "--db",
+                         "postgresql://u:hunter2@db/x", "config", "check",
+                         env={"TASKSYNC_TOKEN": "canary-token-123"})  # fmt: skip
+    assert code == 0, err
+    assert "canary-token-123" not in out + err and "hunter2" not in out + err
+    assert "***" in out and "TASKSYNC_TOKEN" in out
+
+
+def test_config_check_missing_token_env_is_exit_2(run: Run, tmp_path: Path) -> None:
+    """A token_env that is not set is a config error at check time."""
+    cfg = write_config(tmp_path / "c.toml", "http://x", "sqlite:///a.db", 'token_env = "NOPE_T"')
+    code, _, err = run("--config", str(cfg), "config", "check")
+    assert code == 2 and "NOPE_T" in err
+
+
+def test_db_flag_beats_env_beats_file(run: Run, tmp_path: Path) -> None:
+    """--db > TASKSYNC_DATABASE_URL > config file."""
+    cfg = write_config(tmp_path / "c.toml", "http://x", "sqlite:///file.db")
+    _, out, _ = run("--config", str(cfg), "config", "check",
+                    env={"TASKSYNC_DATABASE_URL": "sqlite:///env.db"})  # fmt: skip
+    assert "env.db" in out
+    _, out, _ = run("--config", str(cfg), "--db", "sqlite:///flag.db", "config", "check")
+    assert "flag.db" in out
+
+
+def test_unreachable_server_exits_1_one_line(run: Run, tmp_path: Path) -> None:
+    """Nothing listening: one line naming the URL, exit 1, and the run is recorded failed."""
+    cfg = write_config(tmp_path / "c.toml", "http://127.0.0.1:9", "sqlite:///a.db",
+                       "retry_attempts = 2\ntimeout_s = 2")  # fmt: skip
+    assert run("--config", str(cfg), "db", "upgrade")[0] == 0
+    code, _, err = run("--config", str(cfg), "backfill")
+    assert code == 1
+    assert "unreachable" in err and "127.0.0.1:9" in err and "Traceback" not in err
+    code, out, _ = run("--config", str(cfg), "status")
+    assert code == 0 and "failed" in out
+
+
+def test_html_reply_exits_1_one_line(run: Run, tmp_path: Path) -> None:
+    """A proxy's HTML page: exit 1, one line with the URL, status and content type."""
+    sim = Simulator(10, faults=Faults(html=1.0))
+    with SimulatorServer(sim) as server:
+        cfg = write_config(tmp_path / "c.toml", server.url, "sqlite:///a.db")
+        run("--config", str(cfg), "db", "upgrade")
+        code, _, err = run("--config", str(cfg), "sync", "--sweep")
+    assert code == 1
+    line = err.strip().splitlines()[-1]
+    assert "text/html" in line and "200" in line and server.url in line and "not JSON" in line
+
+
+def test_refused_token_exits_2_and_never_prints_it(run: Run, tmp_path: Path) -> None:
+    """A wrong token: exit 2, 'refused the token', and the token itself nowhere."""
+    sim = Simulator(10, token="right-token")
+    with SimulatorServer(sim) as server:
+        cfg = write_config(tmp_path / "c.toml", server.url, "sqlite:///a.db",
+                           'token_env = "MJ_TOKEN"')  # fmt: skip
+        run("--config", str(cfg), "db", "upgrade")
+        code, out, err = run("--config", str(cfg), "backfill", env={"MJ_TOKEN": "wrong-canary"})
+        assert code == 2 and "refused the token" in err
+        assert "wrong-canary" not in out + err
+        code, _, err = run("--config", str(cfg), "backfill", env={"MJ_TOKEN": "right-token"})
+        assert code == 0, err
+
+
+def test_backfill_before_upgrade_says_run_db_upgrade(run: Run, tmp_path: Path) -> None:
+    """An unmigrated database: exit 1 and the fix, `tasksync db upgrade`."""
+    cfg = write_config(tmp_path / "c.toml", "http://127.0.0.1:9", "sqlite:///a.db")
+    code, _, err = run("--config", str(cfg), "backfill")
+    assert code == 1 and "tasksync db upgrade" in err
+
+
+def test_unreachable_database_exits_1(run: Run, tmp_path: Path) -> None:
+    """A database nobody listens on: one line naming it, password hidden."""
+    cfg = write_config(tmp_path / "c.toml", "http://x",
+                       "postgresql+psycopg://u:s3cretpw@127.0.0.1:9/x?connect_timeout=2")  # fmt: skip
+    code, _, err = run("--config", str(cfg), "backfill")
+    assert code == 1 and "127.0.0.1:9" in err and "s3cretpw" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "DELETE FROM tasks",
+        "delete from tasks where 1=1",
+        "SELECT 1; DELETE FROM tasks",
+        "UPDATE tasks SET status = 'X'",
+        "DROP TABLE tasks",
+        "ATTACH DATABASE 'x.db' AS x",
+        "PRAGMA query_only = OFF",
+        "PRAGMA journal_mode = DELETE",
+        "INSERT INTO sync_runs (source) VALUES ('x')",
+        "/* sneaky */ DELETE FROM tasks",
+        "WITH x AS (SELECT 1) DELETE FROM tasks",
+    ],
+)
+def test_query_refuses_writes_on_sqlite(run: Run, tmp_path: Path, sql: str) -> None:
+    """tasksync query refuses every write, deletes nothing, exits 2."""
+    db = f"sqlite:///{tmp_path / 'a.db'}"
+    with SimulatorServer(Simulator(30)) as server:
+        cfg = write_config(tmp_path / "c.toml", server.url, db)
+        run("--config", str(cfg), "db", "upgrade")
+        assert run("--config", str(cfg), "backfill")[0] == 0
+    code, _, err = run("--config", str(cfg), "query", sql)
+    assert code == 2 and "refused" in err, err
+    from sync.store import Store
+
+    assert count(Store(db), Task) == 30
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_query_formats(run: Run, tmp_path: Path) -> None:
+    """--format table, csv and json all render the same rows."""
+    db = f"sqlite:///{tmp_path / 'a.db'}"
+    run("--db", db, "db", "upgrade")
+    q = "SELECT 1 AS one, 'é' AS two"
+    assert "one  two" in run("--db", db, "query", q)[1]
+    assert run("--db", db, "query", q, "--format", "csv")[1].splitlines() == ["one,two", "1,é"]
+    assert '"two": "é"' in run("--db", db, "query", q, "--format", "json")[1]
+
+
+def test_cli_subprocess_error_has_no_traceback(tmp_path: Path) -> None:
+    """The installed entry point maps errors to exit codes without a traceback."""
+    env = {**os.environ, "TASKSYNC_CONFIG": str(tmp_path / "missing.toml")}
+    proc = subprocess.run([sys.executable, "-m", "sync", "status"], capture_output=True,
+                          text=True, env=env, cwd=tmp_path, timeout=60)  # fmt: skip
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "missing.toml" in proc.stderr

@@ -1,0 +1,156 @@
+"""The store on every backend: upserts, change detection, events, hostile data, read-only SQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from sync.errors import QueryRefused
+from sync.models import Task, TaskEvent
+from sync.records import normalize
+from sync.store import Store
+
+from .helpers import archive, count, events
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+def task(tid: Any = "1767225600000001", **kw: Any) -> dict[str, Any]:
+    base = {"id": tid, "action": "IMAGINE", "status": "SUCCESS", "prompt": "a cat",
+            "submitTime": 1_767_225_600_000, "startTime": 1_767_225_601_500,
+            "finishTime": 1_767_225_661_500, "progress": "100%",
+            "imageUrl": "https://cdn.example.com/a.png", "properties": {"finalPrompt": "a cat"},
+            "buttons": [{"customId": "MJ::JOB::upsample::1", "label": "U1", "type": 2}]}  # fmt: skip
+    base.update(kw)
+    return base
+
+
+def test_store_converts_times_and_derives_durations(store: Store) -> None:
+    """Epoch ms become UTC timestamps with ms kept; queue/run/total are derived."""
+    res = store.save("main", [task()], None, NOW)
+    assert res.inserted == 1
+    row = archive(store)["1767225600000001"]
+    assert row["submit_time"] == datetime(2026, 1, 1, tzinfo=UTC)
+    assert row["start_time"] == datetime(2026, 1, 1, 0, 0, 1, 500_000, tzinfo=UTC)
+    assert (row["queue_ms"], row["run_ms"], row["total_ms"]) == (1500, 60_000, 61_500)
+    assert row["first_seen_at"] == row["last_seen_at"] == row["last_changed_at"] == NOW
+    assert row["buttons"][0]["label"] == "U1" and row["raw"]["prompt"] == "a cat"
+
+
+@pytest.mark.parametrize("unset", [None, 0, "0", "junk"])
+def test_store_null_zero_and_junk_times_are_null(store: Store, unset: Any) -> None:
+    """null, 0 (new-api) and junk times are NULL, and so are the durations that need them."""
+    store.save("main", [task(startTime=unset, finishTime=unset, status="SUBMITTED")], None, NOW)
+    row = archive(store)["1767225600000001"]
+    assert row["start_time"] is None and row["finish_time"] is None
+    assert row["queue_ms"] is None and row["run_ms"] is None and row["total_ms"] is None
+
+
+def test_store_unchanged_task_writes_nothing(store: Store) -> None:
+    """Saving the same task again writes no row and no event."""
+    store.save("main", [task()], None, NOW)
+    res = store.save("main", [task()], None, NOW + timedelta(hours=1))
+    assert (res.inserted, res.changed, res.unchanged) == (0, 0, 1)
+    assert archive(store)["1767225600000001"]["last_seen_at"] == NOW
+    assert count(store, TaskEvent) == 1
+
+
+def test_store_change_writes_one_event_with_fields(store: Store) -> None:
+    """A change is one `changed` event with previous status and the changed field names."""
+    store.save("main", [task(status="IN_PROGRESS", progress="40%", finishTime=None)], None, NOW)
+    later = NOW + timedelta(minutes=1)
+    res = store.save("main", [task()], None, later)
+    assert res.changed == 1
+    assert events(store, "1767225600000001") == [
+        ("created", None, "IN_PROGRESS"), ("changed", "IN_PROGRESS", "SUCCESS")]  # fmt: skip
+    with store.engine.connect() as conn:
+        changed = conn.execute(TaskEvent.__table__.select().where(
+            TaskEvent.kind == "changed")).mappings().one()["changed"]  # fmt: skip
+    assert changed == ["finishTime", "progress", "status"]
+    row = archive(store)["1767225600000001"]
+    assert row["first_seen_at"] == NOW and row["last_changed_at"] == later
+
+
+def test_store_keys_on_source_and_id(store: Store) -> None:
+    """The same id from two sources is two tasks."""
+    store.save("a", [task()], None, NOW)
+    store.save("b", [task()], None, NOW)
+    assert count(store, Task) == 2
+
+
+HOSTILE = [
+    pytest.param(task(prompt="nul\x00inside", properties={"k\x00": "v\x00"}), "nul\ufffdinside",
+                 id="nul-chars"),
+    pytest.param(task(prompt="🐉🌸 emoji 𝕏 four-byte"), "🐉🌸 emoji 𝕏 four-byte", id="emoji"),
+    pytest.param(task(prompt="长" * 20_000), "长" * 20_000, id="very-long"),
+    pytest.param(task(status="WEIRD_NEW_STATUS", action="EDITS"), "a cat", id="unknown-enums"),
+    pytest.param(task(properties=[1, "two", {"3": None}]), "a cat", id="properties-list"),
+    pytest.param(task(properties="just a string"), "a cat", id="properties-string"),
+    pytest.param({"id": "1767225600000001"}, None, id="only-an-id"),
+    pytest.param(task(prompt=None, status=None, action=None, buttons=None), None, id="nulls"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("obj", "prompt"), HOSTILE)
+def test_store_survives_hostile_fields(store: Store, obj: dict[str, Any], prompt: Any) -> None:
+    """Odd but valid tasks are stored intact (NUL becomes U+FFFD everywhere)."""
+    res = store.save("main", [obj], None, NOW)
+    assert (res.inserted, res.rejected) == (1, 0)
+    row = archive(store)["1767225600000001"]
+    assert row["prompt"] == prompt
+    assert "\x00" not in str(row["raw"])
+    again = store.save("main", [obj], None, NOW)
+    assert again.unchanged == 1
+
+
+def test_store_numeric_and_long_ids(store: Store) -> None:
+    """Numeric ids are kept as strings; a 255-char id fits; a longer one is rejected alone."""
+    long_ok, too_long = "x" * 255, "y" * 300
+    tasks = [task(14001929738841620), task("0741798445574458"), task(long_ok), task(too_long),
+             {"no": "id"}, "not-an-object"]  # fmt: skip
+    res = store.save("main", tasks, None, NOW)
+    assert (res.inserted, res.rejected) == (3, 3)
+    assert set(archive(store)) == {"14001929738841620", "0741798445574458", long_ok}
+
+
+def test_store_same_id_twice_in_a_batch(store: Store) -> None:
+    """The same id twice in one page is stored once (the later copy wins)."""
+    res = store.save("main", [task(progress="1%"), task(progress="2%")], None, NOW)
+    assert res.inserted == 1 and archive(store)["1767225600000001"]["progress"] == "2%"
+
+
+def test_store_dry_run_writes_nothing(store: Store) -> None:
+    """dry_run counts what would happen and writes nothing."""
+    res = store.save("main", [task()], None, NOW, dry_run=True)
+    assert res.inserted == 1 and count(store, Task) == 0 and count(store, TaskEvent) == 0
+
+
+def test_store_gone_and_returned(store: Store) -> None:
+    """mark_gone sets gone_at with a `gone` event; a task seen again gets `returned`."""
+    store.save("main", [task("1"), task("2"), task("3"), task("4"), task("5")], None, NOW)
+    assert store.mark_gone("main", {"1", "2", "3", "4"}, None, NOW, max_share=0.2) == 1
+    assert archive(store)["5"]["gone_at"] == NOW
+    res = store.save("main", [task("5")], None, NOW + timedelta(hours=1))
+    assert res.returned == 1 and archive(store)["5"]["gone_at"] is None
+    assert [e[0] for e in events(store, "5")] == ["created", "gone", "returned"]
+
+
+def test_store_readonly_query_refuses_writes_at_database_level(store: Store) -> None:
+    """A write hidden in a WITH is refused by the database's read-only mode too."""
+    store.save("main", [task()], None, NOW)
+    sneaky = {"postgresql": "WITH d AS (DELETE FROM tasks RETURNING id) SELECT * FROM d",
+              "sqlite": "WITH d AS (SELECT 1) DELETE FROM tasks",
+              "mysql": "SELECT * FROM tasks INTO OUTFILE '/tmp/tasksync-leak.txt'"}  # fmt: skip
+    with pytest.raises(QueryRefused):
+        store.readonly_query(sneaky[store.dialect])
+    assert count(store, Task) == 1
+    cols, rows = store.readonly_query("SELECT id, status FROM tasks")
+    assert cols == ["id", "status"] and rows == [("1767225600000001", "SUCCESS")]
+
+
+def test_normalize_rejects_overlong_status() -> None:
+    """A status longer than 64 characters is rejected with a reason."""
+    rec = normalize("main", task(status="S" * 65))
+    assert getattr(rec, "reason", "").startswith("status longer")

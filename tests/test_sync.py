@@ -1,0 +1,152 @@
+"""Incremental sync and sweeps: request bounds, unfinished re-checks, gone/returned, dry runs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from sync import pipeline
+from sync.client import Client
+from sync.errors import MassGoneRefused
+from sync.models import SyncRun, Task, TaskEvent
+from sync.simulator import Simulator
+from sync.store import Store
+
+from .conftest import source_for
+from .helpers import archive, assert_archive_equals_truth, count, events, sim_transport
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 27, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        self.now += timedelta(milliseconds=1)
+        return self.now
+
+
+def setup(store: Store, sim: Simulator, **kw: object) -> tuple[Client, Callable[..., object]]:
+    src = source_for("http://sim.test", **kw)
+    client = Client(src, transport=sim_transport(sim))
+    return client, src  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(("archived", "new", "unfinished"), [
+    (1_000, 0, 0), (1_000, 1, 3), (5_000, 100, 50), (5_000, 250, 120), (20_000, 37, 250),
+])  # fmt: skip
+def test_incremental_request_bound(sqlite_store: Store, archived: int, new: int,
+                                   unfinished: int) -> None:  # fmt: skip
+    """k new and u unfinished tasks cost at most ceil(k/page)+ceil(u/100)+2 requests."""
+    sim = Simulator(archived, unfinished_per_mille=0)
+    client, src = setup(sqlite_store, sim)
+    pipeline.backfill(sqlite_store, client, src)
+    # u unfinished: some arrivals stay unfinished, the rest from the archive's history.
+    sim.arrive(new)
+    if unfinished > new:
+        for i in sim.alive[: unfinished - new]:
+            t = dict(sim.task(i), status="IN_PROGRESS", finishTime=None)
+            sim.overrides[i] = t
+        pipeline.sweep(sqlite_store, client, src)
+    sim.arrive(0)
+    before = sim.requests
+    report = pipeline.incremental(sqlite_store, client, src)
+    u = len(sqlite_store.unfinished_ids("main"))
+    assert report.requests == sim.requests - before
+    assert report.requests <= pipeline.request_bound(new, max(u, unfinished), 100)
+    assert_archive_equals_truth(sqlite_store, sim)
+
+
+def test_incremental_rechecks_unfinished_and_records_history(store: Store) -> None:
+    """An old unfinished task is re-polled by id; every status it held appears in its events."""
+    sim = Simulator(1_000, unfinished_per_mille=0)
+    i = 3  # far below the head: only the unfinished re-check can see it change
+    sim.overrides[i] = dict(sim.task(i), status="NOT_START", startTime=None, finishTime=None)
+    tid = sim.task_id(i)
+    client, src = setup(store, sim)
+    pipeline.backfill(store, client, src)
+    statuses = []
+    for _ in range(8):
+        sim.advance(i)
+        statuses.append(sim.task(i)["status"])
+        report = pipeline.incremental(store, client, src)
+        assert report.pages == 1
+    kinds = events(store, tid)
+    assert [k[2] for k in kinds] == ["NOT_START", *[s for s in statuses if s][: len(kinds) - 1]]
+    assert set(statuses) <= {k[2] for k in kinds}
+    assert kinds[0][0] == "created" and all(k[0] == "changed" for k in kinds[1:])
+    # A finished task's late change (a new image URL) is for the sweep to catch.
+    pipeline.sweep(store, client, src)
+    assert_archive_equals_truth(store, sim)
+
+
+def test_incremental_does_not_mark_missing_unfinished_gone(sqlite_store: Store) -> None:
+    """A task list-by-condition no longer returns stays in the archive, not gone."""
+    sim = Simulator(200, unfinished_per_mille=0)
+    client, src = setup(sqlite_store, sim)
+    tid = sim.arrive(1)[0]
+    pipeline.backfill(sqlite_store, client, src)
+    i = sim.index_of(tid)
+    assert i is not None
+    sim.remove(i)
+    pipeline.incremental(sqlite_store, client, src)
+    assert archive(sqlite_store)[tid]["gone_at"] is None
+
+
+def test_sweep_marks_gone_and_returned(store: Store) -> None:
+    """A sweep marks dropped tasks gone (with an event); a returning task gets `returned`."""
+    sim = Simulator(400)
+    client, src = setup(store, sim)
+    clock = Clock()
+    pipeline.backfill(store, client, src, clock)
+    dropped = sim.alive[10]
+    saved = sim.task(dropped)
+    sim.expire(5)
+    sim.remove(dropped)
+    report = pipeline.sweep(store, client, src, clock)
+    assert report.gone == 6 and report.outcome == "ok"
+    assert count(store, TaskEvent, kind="gone") == 6
+    assert_archive_equals_truth(store, sim)
+    assert archive(store)[sim.task_id(0)]["gone_at"] is not None
+    sim.overrides[dropped] = saved
+    sim.alive.insert(5, dropped)
+    sim.alive.sort()
+    report = pipeline.sweep(store, client, src, clock)
+    assert report.returned == 1 and report.gone == 0
+    assert [e[0] for e in events(store, sim.task_id(dropped))] == ["created", "gone", "returned"]
+
+
+def test_sweep_refuses_mass_gone(sqlite_store: Store) -> None:
+    """A server that lost most of its tasks: nothing is marked, the run fails, unless allowed."""
+    sim = Simulator(500)
+    client, src = setup(sqlite_store, sim)
+    pipeline.backfill(sqlite_store, client, src)
+    sim.expire(400)
+    with pytest.raises(MassGoneRefused, match="--allow-mass-gone"):
+        pipeline.sweep(sqlite_store, client, src)
+    assert count(sqlite_store, Task) == 500
+    assert sqlite_store.count_tasks("main", present_only=True) == 500
+    with sqlite_store.engine.connect() as conn:
+        outcome = conn.execute(SyncRun.__table__.select().order_by(SyncRun.id.desc())).first()
+    assert outcome is not None and outcome.outcome == "failed"
+    report = pipeline.sweep(sqlite_store, client, src, allow_mass_gone=True)
+    assert report.gone == 400
+
+
+def test_dry_run_writes_nothing_not_even_a_run(store: Store) -> None:
+    """--dry-run reports inserts, changes and gone tasks and writes nothing at all."""
+    sim = Simulator(300)
+    client, src = setup(store, sim)
+    pipeline.backfill(store, client, src)
+    runs, evs = count(store, SyncRun), count(store, TaskEvent)
+    sim.arrive(7)
+    sim.advance(sim.unfinished()[0])
+    sim.expire(3)
+    inc = pipeline.incremental(store, client, src, dry_run=True)
+    sw = pipeline.sweep(store, client, src, dry_run=True)
+    assert inc.inserted == 7 and inc.changed >= 1
+    assert sw.inserted == 7 and sw.gone == 3 and sw.changed >= 1
+    assert (count(store, SyncRun), count(store, TaskEvent), count(store, Task)) == (runs, evs, 300)
