@@ -75,8 +75,11 @@ def check_run_sequence(store: Store, size: int, page: int, ops: list[Any],
                 assert status in history[tid], (tid, status, history[tid])
 
 
-@settings(max_examples=25, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(size=st.integers(0, 350), page=st.sampled_from([10, 50, 100]), ops=OPS, runs=RUN_KINDS)
 def test_archive_converges_to_server_truth(db_url_sp: str, size: int, page: int,
                                            ops: list[Any], runs: list[str]) -> None:  # fmt: skip
