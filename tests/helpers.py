@@ -71,8 +71,7 @@ def sim_transport(sim: Simulator) -> Any:
     import httpx
 
     def handler(request: httpx.Request) -> httpx.Response:
-        reply = sim.handle(request.method, request.url.path, dict(request.headers),
-                           request.content)  # fmt: skip
+        reply = sim.handle(request.method, request.url.path, dict(request.headers), request.content)
         if reply.drop:
             raise httpx.RemoteProtocolError("server closed the connection", request=request)
         headers = {"Content-Type": reply.content_type, **reply.headers}

@@ -20,8 +20,7 @@ Run = Callable[..., tuple[int, str, str]]
 
 
 @pytest.fixture
-def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-        tmp_path: Path) -> Run:  # fmt: skip
+def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Run:
     """Run `tasksync ARGS` in-process; return (exit code, stdout, stderr)."""
     monkeypatch.chdir(tmp_path)
     for var in ("TASKSYNC_CONFIG", "TASKSYNC_DATABASE_URL"):
@@ -42,31 +41,44 @@ def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 
 
 def write_config(path: Path, url: str, db: str, extra: str = "") -> Path:
-    path.write_text(f'[database]\nurl = "{db}"\n\n[[sources]]\nname = "main"\n'
-                    f'base_url = "{url}"\nmax_requests_per_second = 1000\n{extra}')  # fmt: skip
+    path.write_text(
+        f'[database]\nurl = "{db}"\n\n[[sources]]\nname = "main"\n'
+        f'base_url = "{url}"\nmax_requests_per_second = 1000\n{extra}'
+    )
     return path
 
 
 @pytest.mark.parametrize(
     ("text", "words"),
     [
-        pytest.param('[[sources]]\nname = "a"\nbase_url = "http://x"\ncolour = 1\n',
-                     ["unknown key", "sources[0].colour"], id="unknown-key"),
-        pytest.param('[[sources]]\nname = "a"\nbase_url = "http://x"\npage_size = "big"\n',
-                     ["sources[0].page_size", "integer"], id="wrong-type"),
-        pytest.param('[[sources]]\nname = "a"\n', ["missing required key", "base_url"],
-                     id="missing-key"),
+        pytest.param(
+            '[[sources]]\nname = "a"\nbase_url = "http://x"\ncolour = 1\n',
+            ["unknown key", "sources[0].colour"],
+            id="unknown-key",
+        ),
+        pytest.param(
+            '[[sources]]\nname = "a"\nbase_url = "http://x"\npage_size = "big"\n',
+            ["sources[0].page_size", "integer"],
+            id="wrong-type",
+        ),
+        pytest.param(
+            '[[sources]]\nname = "a"\n', ["missing required key", "base_url"], id="missing-key"
+        ),
         pytest.param("[database\n", ["not valid TOML"], id="bad-toml"),
-        pytest.param('[[sources]]\nname = "a"\nbase_url = "http://x"\npage_size = 500\n',
-                     ["page_size", "100"], id="out-of-range"),
+        pytest.param(
+            '[[sources]]\nname = "a"\nbase_url = "http://x"\npage_size = 500\n',
+            ["page_size", "100"],
+            id="out-of-range",
+        ),
     ],
-)  # fmt: skip
-def test_bad_config_exits_2_with_one_line(run: Run, tmp_path: Path, text: str,
-                                          words: list[str]) -> None:  # fmt: skip
+)
+def test_bad_config_exits_2_with_one_line(
+    run: Run, tmp_path: Path, text: str, words: list[str]
+) -> None:
     """Unknown key, wrong type, missing key: exit 2, one line naming the key and the file."""
     cfg = tmp_path / "bad.toml"
     cfg.write_text(text)
-    code, out, err = run("--config", str(cfg), "config", "check")
+    code, _out, err = run("--config", str(cfg), "config", "check")
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and str(cfg) in lines[0], err
@@ -84,9 +96,15 @@ def test_missing_config_file_is_exit_2(run: Run) -> None:
 def test_config_example_loads_and_check_redacts(run: Run, tmp_path: Path) -> None:
     """config.example.toml is valid; config check shows where the token is from, not it."""
     example = Path(__file__).parent.parent / "config.example.toml"
-    code, out, err = run("--config", str(example), "--db",
-                         "postgresql://u:hunter2@db/x", "config", "check",
-                         env={"TASKSYNC_TOKEN": "canary-token-123"})  # fmt: skip
+    code, out, err = run(
+        "--config",
+        str(example),
+        "--db",
+        "postgresql://u:hunter2@db/x",
+        "config",
+        "check",
+        env={"TASKSYNC_TOKEN": "canary-token-123"},
+    )
     assert code == 0, err
     assert "canary-token-123" not in out + err and "hunter2" not in out + err
     assert "***" in out and "TASKSYNC_TOKEN" in out
@@ -102,8 +120,9 @@ def test_config_check_missing_token_env_is_exit_2(run: Run, tmp_path: Path) -> N
 def test_db_flag_beats_env_beats_file(run: Run, tmp_path: Path) -> None:
     """--db > TASKSYNC_DATABASE_URL > config file."""
     cfg = write_config(tmp_path / "c.toml", "http://x", "sqlite:///file.db")
-    _, out, _ = run("--config", str(cfg), "config", "check",
-                    env={"TASKSYNC_DATABASE_URL": "sqlite:///env.db"})  # fmt: skip
+    _, out, _ = run(
+        "--config", str(cfg), "config", "check", env={"TASKSYNC_DATABASE_URL": "sqlite:///env.db"}
+    )
     assert "env.db" in out
     _, out, _ = run("--config", str(cfg), "--db", "sqlite:///flag.db", "config", "check")
     assert "flag.db" in out
@@ -111,8 +130,12 @@ def test_db_flag_beats_env_beats_file(run: Run, tmp_path: Path) -> None:
 
 def test_unreachable_server_exits_1_one_line(run: Run, tmp_path: Path) -> None:
     """Nothing listening: one line naming the URL, exit 1, and the run is recorded failed."""
-    cfg = write_config(tmp_path / "c.toml", "http://127.0.0.1:9", "sqlite:///a.db",
-                       "retry_attempts = 2\ntimeout_s = 2")  # fmt: skip
+    cfg = write_config(
+        tmp_path / "c.toml",
+        "http://127.0.0.1:9",
+        "sqlite:///a.db",
+        "retry_attempts = 2\ntimeout_s = 2",
+    )
     assert run("--config", str(cfg), "db", "upgrade")[0] == 0
     code, _, err = run("--config", str(cfg), "backfill")
     assert code == 1
@@ -137,8 +160,9 @@ def test_refused_token_exits_2_and_never_prints_it(run: Run, tmp_path: Path) -> 
     """A wrong token: exit 2, 'refused the token', and the token itself nowhere."""
     sim = Simulator(10, token="right-token")
     with SimulatorServer(sim) as server:
-        cfg = write_config(tmp_path / "c.toml", server.url, "sqlite:///a.db",
-                           'token_env = "MJ_TOKEN"')  # fmt: skip
+        cfg = write_config(
+            tmp_path / "c.toml", server.url, "sqlite:///a.db", 'token_env = "MJ_TOKEN"'
+        )
         run("--config", str(cfg), "db", "upgrade")
         code, out, err = run("--config", str(cfg), "backfill", env={"MJ_TOKEN": "wrong-canary"})
         assert code == 2 and "refused the token" in err
@@ -156,8 +180,11 @@ def test_backfill_before_upgrade_says_run_db_upgrade(run: Run, tmp_path: Path) -
 
 def test_unreachable_database_exits_1(run: Run, tmp_path: Path) -> None:
     """A database nobody listens on: one line naming it, password hidden."""
-    cfg = write_config(tmp_path / "c.toml", "http://x",
-                       "postgresql+psycopg://u:s3cretpw@127.0.0.1:9/x?connect_timeout=2")  # fmt: skip
+    cfg = write_config(
+        tmp_path / "c.toml",
+        "http://x",
+        "postgresql+psycopg://u:s3cretpw@127.0.0.1:9/x?connect_timeout=2",
+    )
     code, _, err = run("--config", str(cfg), "backfill")
     assert code == 1 and "127.0.0.1:9" in err and "s3cretpw" not in err
     assert len(err.strip().splitlines()) == 1
@@ -207,7 +234,13 @@ def test_query_formats(run: Run, tmp_path: Path) -> None:
 def test_cli_subprocess_error_has_no_traceback(tmp_path: Path) -> None:
     """The installed entry point maps errors to exit codes without a traceback."""
     env = {**os.environ, "TASKSYNC_CONFIG": str(tmp_path / "missing.toml")}
-    proc = subprocess.run([sys.executable, "-m", "sync", "status"], capture_output=True,
-                          text=True, env=env, cwd=tmp_path, timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "sync", "status"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "missing.toml" in proc.stderr

@@ -22,13 +22,21 @@ Handler = Callable[[httpx.Request], httpx.Response]
 
 def client_with(handler: Handler, **kw: Any) -> Client:
     token = kw.pop("token", None)
-    return Client(source_for("http://mj.test", **kw), token=token,
-                  transport=httpx.MockTransport(handler))  # fmt: skip
+    return Client(
+        source_for("http://mj.test", **kw), token=token, transport=httpx.MockTransport(handler)
+    )
 
 
 def page_json(ids: list[str], number: int = 0, last: bool = True, total: int = 3) -> bytes:
-    return orjson.dumps({"content": [{"id": i} for i in ids], "last": last, "number": number,
-                         "totalElements": total, "size": 100})  # fmt: skip
+    return orjson.dumps(
+        {
+            "content": [{"id": i} for i in ids],
+            "last": last,
+            "number": number,
+            "totalElements": total,
+            "size": 100,
+        }
+    )
 
 
 def test_client_sends_documented_query_body_and_secret_header() -> None:
@@ -62,16 +70,32 @@ def test_client_bearer_header_when_configured() -> None:
 @pytest.mark.parametrize(
     ("doc", "last", "total"),
     [
-        pytest.param({"content": [{"id": "1"}], "last": False, "totalElements": 9}, False, 9,
-                     id="classic"),
-        pytest.param({"content": [{"id": "1"}], "page": {"size": 1, "number": 0,
-                      "totalElements": 2, "totalPages": 2}}, False, 2, id="nested-more"),
-        pytest.param({"content": [{"id": "1"}], "page": {"size": 1, "number": 1,
-                      "totalElements": 2, "totalPages": 2}}, True, 2, id="nested-last"),
-        pytest.param({"content": [], "last": False, "totalElements": 5}, True, 5,
-                     id="empty-content-ends"),
+        pytest.param(
+            {"content": [{"id": "1"}], "last": False, "totalElements": 9}, False, 9, id="classic"
+        ),
+        pytest.param(
+            {
+                "content": [{"id": "1"}],
+                "page": {"size": 1, "number": 0, "totalElements": 2, "totalPages": 2},
+            },
+            False,
+            2,
+            id="nested-more",
+        ),
+        pytest.param(
+            {
+                "content": [{"id": "1"}],
+                "page": {"size": 1, "number": 1, "totalElements": 2, "totalPages": 2},
+            },
+            True,
+            2,
+            id="nested-last",
+        ),
+        pytest.param(
+            {"content": [], "last": False, "totalElements": 5}, True, 5, id="empty-content-ends"
+        ),
     ],
-)  # fmt: skip
+)
 def test_parse_page_accepts_both_spring_shapes(doc: dict[str, Any], last: bool, total: int) -> None:
     """Classic and nested Spring pages parse; an empty page always ends the walk."""
     page = parse_page(doc, doc.get("page", {}).get("number", 0), 1, "here")
@@ -81,12 +105,17 @@ def test_parse_page_accepts_both_spring_shapes(doc: dict[str, Any], last: bool, 
 @pytest.mark.parametrize(
     ("status", "body", "ctype", "words"),
     [
-        pytest.param(200, b"<html><body>dashboard</body></html>", "text/html",
-                     ["200", "text/html", "not JSON", "http://mj.test/mj/task/query"], id="html"),
+        pytest.param(
+            200,
+            b"<html><body>dashboard</body></html>",
+            "text/html",
+            ["200", "text/html", "not JSON", "http://mj.test/mj/task/query"],
+            id="html",
+        ),
         pytest.param(200, b"", "application/json", ["empty body"], id="empty"),
         pytest.param(200, b'{"content": [', "application/json", ["truncated"], id="truncated"),
     ],
-)  # fmt: skip
+)
 def test_client_non_json_reply_names_url_status_and_type(
     status: int, body: bytes, ctype: str, words: list[str]
 ) -> None:
@@ -143,8 +172,10 @@ def test_client_success_false_is_server_refused() -> None:
 @pytest.mark.parametrize("status", [429, 500, 502, 503, 504])
 def test_client_retries_transient_statuses_then_succeeds(status: int) -> None:
     """Rate limits and gateway errors are retried; the retry is counted."""
-    replies = [httpx.Response(status, text="<html>busy</html>"),
-               httpx.Response(200, content=page_json(["1"]))]  # fmt: skip
+    replies = [
+        httpx.Response(status, text="<html>busy</html>"),
+        httpx.Response(200, content=page_json(["1"])),
+    ]
     client = client_with(lambda req: replies.pop(0))
     assert client.query_page(0, 100).tasks == [{"id": "1"}]
     assert (client.requests, client.retries) == (2, 1)
@@ -176,8 +207,9 @@ def test_parse_retry_after_seconds_and_http_date() -> None:
 
 def test_client_honours_max_requests_per_second() -> None:
     """Ten requests at 20 per second take at least 0.45 s (the limiter spaces them)."""
-    client = client_with(lambda req: httpx.Response(200, content=page_json([])),
-                         max_requests_per_second=20)  # fmt: skip
+    client = client_with(
+        lambda req: httpx.Response(200, content=page_json([])), max_requests_per_second=20
+    )
     t0 = time.monotonic()
     for _ in range(10):
         client.query_page(0, 1)

@@ -21,8 +21,7 @@ from .helpers import assert_archive_equals_truth, sim_transport
 from .test_walk import OPS, apply
 
 SOURCES = itertools.count()
-RUN_KINDS = st.lists(st.sampled_from(["sync", "sync", "sweep", "backfill"]), min_size=1,
-                     max_size=5)  # fmt: skip
+RUN_KINDS = st.lists(st.sampled_from(["sync", "sync", "sweep", "backfill"]), min_size=1, max_size=5)
 
 
 def statuses_by_task(store: Store, source: str) -> dict[str, set[str | None]]:
@@ -35,8 +34,7 @@ def statuses_by_task(store: Store, source: str) -> dict[str, set[str | None]]:
     return out
 
 
-def check_run_sequence(store: Store, size: int, page: int, ops: list[Any],
-                       runs: list[str]) -> None:  # fmt: skip
+def check_run_sequence(store: Store, size: int, page: int, ops: list[Any], runs: list[str]) -> None:
     source = f"p{next(SOURCES)}"
     sim = Simulator(size, seed=size + len(ops), unfinished_per_mille=150)
     src = source_for("http://sim.test", name=source, page_size=page, head_margin=page)
@@ -61,8 +59,11 @@ def check_run_sequence(store: Store, size: int, page: int, ops: list[Any],
     assert_archive_equals_truth(store, sim, source)
     with store.engine.connect() as conn:
         rows = conn.execute(select(Task.id, Task.gone_at).where(Task.source == source)).all()
-        created = conn.execute(select(func.count()).select_from(TaskEvent).where(
-            TaskEvent.source == source, TaskEvent.kind == "created")).scalar_one()  # fmt: skip
+        created = conn.execute(
+            select(func.count())
+            .select_from(TaskEvent)
+            .where(TaskEvent.source == source, TaskEvent.kind == "created")
+        ).scalar_one()
     ids = [r[0] for r in rows]
     assert len(ids) == len(set(ids)) == created, "a task archived or created twice"
     truth = set(sim.listing())
@@ -81,8 +82,9 @@ def check_run_sequence(store: Store, size: int, page: int, ops: list[Any],
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(size=st.integers(0, 350), page=st.sampled_from([10, 50, 100]), ops=OPS, runs=RUN_KINDS)
-def test_archive_converges_to_server_truth(db_url_sp: str, size: int, page: int,
-                                           ops: list[Any], runs: list[str]) -> None:  # fmt: skip
+def test_archive_converges_to_server_truth(
+    db_url_sp: str, size: int, page: int, ops: list[Any], runs: list[str]
+) -> None:
     """After any interleaving and a final quiet sweep: archive == server, no dupes, gone set."""
     store = migrated(db_url_sp)  # a no-op after the first example; each uses its own source
     try:

@@ -18,11 +18,19 @@ NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 
 def task(tid: Any = "1767225600000001", **kw: Any) -> dict[str, Any]:
-    base = {"id": tid, "action": "IMAGINE", "status": "SUCCESS", "prompt": "a cat",
-            "submitTime": 1_767_225_600_000, "startTime": 1_767_225_601_500,
-            "finishTime": 1_767_225_661_500, "progress": "100%",
-            "imageUrl": "https://cdn.example.com/a.png", "properties": {"finalPrompt": "a cat"},
-            "buttons": [{"customId": "MJ::JOB::upsample::1", "label": "U1", "type": 2}]}  # fmt: skip
+    base = {
+        "id": tid,
+        "action": "IMAGINE",
+        "status": "SUCCESS",
+        "prompt": "a cat",
+        "submitTime": 1_767_225_600_000,
+        "startTime": 1_767_225_601_500,
+        "finishTime": 1_767_225_661_500,
+        "progress": "100%",
+        "imageUrl": "https://cdn.example.com/a.png",
+        "properties": {"finalPrompt": "a cat"},
+        "buttons": [{"customId": "MJ::JOB::upsample::1", "label": "U1", "type": 2}],
+    }
     base.update(kw)
     return base
 
@@ -64,10 +72,15 @@ def test_store_change_writes_one_event_with_fields(store: Store) -> None:
     res = store.save("main", [task()], None, later)
     assert res.changed == 1
     assert events(store, "1767225600000001") == [
-        ("created", None, "IN_PROGRESS"), ("changed", "IN_PROGRESS", "SUCCESS")]  # fmt: skip
+        ("created", None, "IN_PROGRESS"),
+        ("changed", "IN_PROGRESS", "SUCCESS"),
+    ]
     with store.engine.connect() as conn:
-        changed = conn.execute(TaskEvent.__table__.select().where(
-            TaskEvent.kind == "changed")).mappings().one()["changed"]  # fmt: skip
+        changed = (
+            conn.execute(TaskEvent.__table__.select().where(TaskEvent.kind == "changed"))
+            .mappings()
+            .one()["changed"]
+        )
     assert changed == ["finishTime", "progress", "status"]
     row = archive(store)["1767225600000001"]
     assert row["first_seen_at"] == NOW and row["last_changed_at"] == later
@@ -81,8 +94,11 @@ def test_store_keys_on_source_and_id(store: Store) -> None:
 
 
 HOSTILE = [
-    pytest.param(task(prompt="nul\x00inside", properties={"k\x00": "v\x00"}), "nul\ufffdinside",
-                 id="nul-chars"),
+    pytest.param(
+        task(prompt="nul\x00inside", properties={"k\x00": "v\x00"}),
+        "nul\ufffdinside",
+        id="nul-chars",
+    ),
     pytest.param(task(prompt="🐉🌸 emoji 𝕏 four-byte"), "🐉🌸 emoji 𝕏 four-byte", id="emoji"),
     pytest.param(task(prompt="长" * 20_000), "长" * 20_000, id="very-long"),
     pytest.param(task(status="WEIRD_NEW_STATUS", action="EDITS"), "a cat", id="unknown-enums"),
@@ -90,7 +106,7 @@ HOSTILE = [
     pytest.param(task(properties="just a string"), "a cat", id="properties-string"),
     pytest.param({"id": "1767225600000001"}, None, id="only-an-id"),
     pytest.param(task(prompt=None, status=None, action=None, buttons=None), None, id="nulls"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("obj", "prompt"), HOSTILE)
@@ -108,8 +124,14 @@ def test_store_survives_hostile_fields(store: Store, obj: dict[str, Any], prompt
 def test_store_numeric_and_long_ids(store: Store) -> None:
     """Numeric ids are kept as strings; a 255-char id fits; a longer one is rejected alone."""
     long_ok, too_long = "x" * 255, "y" * 300
-    tasks = [task(14001929738841620), task("0741798445574458"), task(long_ok), task(too_long),
-             {"no": "id"}, "not-an-object"]  # fmt: skip
+    tasks = [
+        task(14001929738841620),
+        task("0741798445574458"),
+        task(long_ok),
+        task(too_long),
+        {"no": "id"},
+        "not-an-object",
+    ]
     res = store.save("main", tasks, None, NOW)
     assert (res.inserted, res.rejected) == (3, 3)
     assert set(archive(store)) == {"14001929738841620", "0741798445574458", long_ok}
@@ -140,9 +162,11 @@ def test_store_gone_and_returned(store: Store) -> None:
 def test_store_readonly_query_refuses_writes_at_database_level(store: Store) -> None:
     """A write hidden in a WITH is refused by the database's read-only mode too."""
     store.save("main", [task()], None, NOW)
-    sneaky = {"postgresql": "WITH d AS (DELETE FROM tasks RETURNING id) SELECT * FROM d",
-              "sqlite": "WITH d AS (SELECT 1) DELETE FROM tasks",
-              "mysql": "SELECT * FROM tasks INTO OUTFILE '/tmp/tasksync-leak.txt'"}  # fmt: skip
+    sneaky = {
+        "postgresql": "WITH d AS (DELETE FROM tasks RETURNING id) SELECT * FROM d",
+        "sqlite": "WITH d AS (SELECT 1) DELETE FROM tasks",
+        "mysql": "SELECT * FROM tasks INTO OUTFILE '/tmp/tasksync-leak.txt'",
+    }
     with pytest.raises(QueryRefused):
         store.readonly_query(sneaky[store.dialect])
     assert count(store, Task) == 1

@@ -35,11 +35,19 @@ def setup(store: Store, sim: Simulator, **kw: object) -> tuple[Client, Callable[
     return client, src  # type: ignore[return-value]
 
 
-@pytest.mark.parametrize(("archived", "new", "unfinished"), [
-    (1_000, 0, 0), (1_000, 1, 3), (5_000, 100, 50), (5_000, 250, 120), (20_000, 37, 250),
-])  # fmt: skip
-def test_incremental_request_bound(sqlite_store: Store, archived: int, new: int,
-                                   unfinished: int) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    ("archived", "new", "unfinished"),
+    [
+        (1_000, 0, 0),
+        (1_000, 1, 3),
+        (5_000, 100, 50),
+        (5_000, 250, 120),
+        (20_000, 37, 250),
+    ],
+)
+def test_incremental_request_bound(
+    sqlite_store: Store, archived: int, new: int, unfinished: int
+) -> None:
     """k new and u unfinished tasks cost at most ceil(k/page)+ceil(u/100)+2 requests."""
     sim = Simulator(archived, unfinished_per_mille=0)
     client, src = setup(sqlite_store, sim)

@@ -10,10 +10,13 @@ from sync.simulator import Simulator
 from sync.walk import Cursor, WalkStats, id_key, walk
 
 OPS = st.lists(
-    st.tuples(st.sampled_from(["arrive", "remove", "expire", "advance", "none"]),
-              st.integers(1, 12), st.integers(0, 10**6)),
+    st.tuples(
+        st.sampled_from(["arrive", "remove", "expire", "advance", "none"]),
+        st.integers(1, 12),
+        st.integers(0, 10**6),
+    ),
     max_size=60,
-)  # fmt: skip
+)
 
 
 def apply(sim: Simulator, op: tuple[str, int, int]) -> None:
@@ -43,8 +46,9 @@ def fetcher(sim: Simulator, size: int) -> object:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(size=st.integers(5, 400), page=st.sampled_from([7, 10, 33, 100]), ops=OPS)
-def test_walk_sees_every_task_listed_for_the_whole_walk(size: int, page: int,
-                                                        ops: list[tuple[str, int, int]]) -> None:  # fmt: skip
+def test_walk_sees_every_task_listed_for_the_whole_walk(
+    size: int, page: int, ops: list[tuple[str, int, int]]
+) -> None:
     """Arrivals and removals between page requests never make a sound walk miss a task."""
     sim = Simulator(size, seed=size)
     start_ids = set(sim.listing())
