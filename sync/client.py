@@ -24,6 +24,7 @@ from sync.config import SourceSettings
 from sync.errors import (
     AuthRefused,
     BadResponse,
+    ConfigError,
     HTTPStatusError,
     ServerError,
     ServerRefused,
@@ -115,7 +116,13 @@ class Client:
                 headers["mj-api-secret"] = token
         verify: ssl.SSLContext | bool = True
         if source.ca_bundle is not None:
-            verify = ssl.create_default_context(cafile=str(source.ca_bundle))
+            try:
+                verify = ssl.create_default_context(cafile=str(source.ca_bundle))
+            except (ssl.SSLError, OSError) as exc:
+                raise ConfigError(
+                    f"source {source.name}: ca_bundle {source.ca_bundle} is not a usable "
+                    f"PEM CA file ({exc})"
+                ) from None
         self.http = httpx.Client(
             headers=headers,
             timeout=httpx.Timeout(source.timeout_s, connect=min(10.0, source.timeout_s)),

@@ -58,6 +58,13 @@ class SourceSettings(_Strict):
     sync: str | None = None
     sweep: str | None = None
 
+    @field_validator("ca_bundle")
+    @classmethod
+    def _readable(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"CA bundle {v} is not a readable file")
+        return v
+
     @model_validator(mode="after")
     def _one_token_source(self) -> SourceSettings:
         if self.token_env and self.token_file:

@@ -179,8 +179,12 @@ def backfill(
             if progress:
                 progress(report.pages, report.tasks_seen, page.total)
             _check(stop)
+        if start:
+            # Tasks that arrived while the backfill was stopped sit above where it began.
+            _head_pass(store, client, src, report, set(), clock, False, stop)
         store.clear_checkpoint(src.name, "backfill")
-        report.notes.append(f"{stats.repairs} drift repairs")
+        if stats.repairs:
+            report.notes.append(f"{stats.repairs} drift repairs")
 
     return run_recorded(store, client, src, "backfill", clock, body)
 
@@ -202,6 +206,36 @@ def _save_unseen(
     return res
 
 
+def _head_pass(
+    store: Store,
+    client: Client,
+    src: SourceSettings,
+    report: RunReport,
+    seen: set[str],
+    clock: Clock,
+    dry_run: bool,
+    stop: threading.Event | None,
+) -> None:
+    """Read the newest pages until `head_margin` archived tasks follow the newest new one.
+
+    The margin absorbs out-of-order ids from several server instances; the request count
+    depends on how many tasks are new, never on the archive's size.
+    """
+    known_run = 0
+    page_no = 0
+    while True:
+        page = client.query_page(page_no, src.page_size)
+        report.pages += 1
+        ids = page_ids(page)
+        res = _save_unseen(store, src, page.tasks, seen, report, clock, dry_run)
+        for tid in ids:
+            known_run = 0 if tid in res.new_ids else known_run + 1
+        _check(stop)
+        if page.last or not ids or known_run >= src.head_margin:
+            return
+        page_no += 1
+
+
 def incremental(
     store: Store,
     client: Client,
@@ -215,25 +249,10 @@ def incremental(
 
     def body(report: RunReport) -> None:
         seen: set[str] = set()
-        known_run = 0
-        page_no = 0
-        while True:
-            page = client.query_page(page_no, src.page_size)
-            report.pages += 1
-            ids = page_ids(page)
-            res = _save_unseen(store, src, page.tasks, seen, report, clock, dry_run)
-            # The head pass ends once `head_margin` archived tasks follow the newest new one:
-            # a margin that absorbs out-of-order ids from several server instances.
-            for tid in ids:
-                known_run = 0 if tid in res.new_ids else known_run + 1
-            _check(stop)
-            if page.last or not ids or known_run >= src.head_margin:
-                break
-            page_no += 1
+        _head_pass(store, client, src, report, seen, clock, dry_run, stop)
         pending = [i for i in store.unfinished_ids(src.name) if i not in seen]
         for i in range(0, len(pending), BY_IDS_MAX):
-            batch = pending[i : i + BY_IDS_MAX]
-            tasks = client.list_by_ids(batch)
+            tasks = client.list_by_ids(pending[i : i + BY_IDS_MAX])
             _save_unseen(store, src, tasks, seen, report, clock, dry_run)
             _check(stop)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -475,14 +476,22 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = _serve
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up (killed mid-request) is normal here, not worth a traceback."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class SimulatorServer:
     """The simulator on a loopback port, served from a background thread."""
 
     def __init__(self, sim: Simulator, host: str = "127.0.0.1", port: int = 0) -> None:
         handler = type("Handler", (_Handler,), {"sim": sim})
         self.sim = sim
-        self.httpd = ThreadingHTTPServer((host, port), handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _Server((host, port), handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property

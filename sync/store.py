@@ -111,6 +111,7 @@ class Store:
             raise ConfigError(f"database URL {self.display_url}: {exc}") from None
         if self.dialect == "sqlite":
             _sqlite_pragmas(self.engine)
+        self.held: dict[str, WriterLock] = {}
 
     @property
     def display_url(self) -> str:
@@ -306,6 +307,8 @@ class Store:
                 continue
             records[rec.id] = rec  # the same id twice in one batch: the later copy wins
         result.seen = len(records)
+        if source in self.held and not dry_run:
+            self.held[source].verify()
         try:
             with self.engine.begin() as conn:
                 self._save_records(conn, source, records, run_id, now, result, dry_run)
@@ -557,23 +560,21 @@ class Store:
         """Hold the writer lock of a source for the duration of a run, or raise LockHeld."""
         lock = WriterLock(self, source)
         lock.acquire(now or datetime.now(UTC))
+        self.held[source] = lock
         try:
             yield
         finally:
+            self.held.pop(source, None)
             lock.release()
 
     def lease_holder(self, source: str) -> dict[str, Any] | None:
+        """Who holds (or last held) the writer lock of a source."""
+        q = select(Lease.holder, Lease.host, Lease.pid, Lease.acquired_at, Lease.expires_at)
         with self.engine.connect() as conn:
-            row = conn.execute(select(Lease).where(Lease.source == source)).scalars().first()
+            row = conn.execute(q.where(Lease.source == source)).first()
         if row is None:
             return None
-        return {
-            "holder": row.holder,
-            "host": row.host,
-            "pid": row.pid,
-            "since": row.acquired_at,
-            "expires_at": row.expires_at,
-        }
+        return dict(zip(("holder", "host", "pid", "since", "expires_at"), row, strict=True))
 
     # ---- read-only SQL --------------------------------------------------------------------
     def readonly_query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
@@ -684,6 +685,23 @@ class WriterLock:
                 self.conn = None
             raise store.db_error(exc, "taking the writer lock") from None
 
+    def verify(self) -> None:
+        """Raise DatabaseError if the lock may have been lost (its connection died, or the
+        lease was taken over), so a run never writes without holding it."""
+        try:
+            if self.conn is not None:
+                self.conn.exec_driver_sql("SELECT 1").scalar()
+                self.conn.commit()
+                return
+            with self.store.engine.connect() as conn:
+                holder = conn.execute(
+                    select(Lease.holder).where(Lease.source == self.source)
+                ).scalar()
+        except sa_exc.SQLAlchemyError as exc:
+            raise self.store.db_error(exc, "checking the writer lock") from None
+        if holder != self.holder:
+            raise DatabaseError(f"source {self.source!r}: the writer lease was taken over")
+
     def _take_lease(self, now: datetime, require_free: bool) -> None:
         values = dict(
             source=self.source,
@@ -697,9 +715,17 @@ class WriterLock:
         conn = self.store.engine.connect().execution_options(sqlite_immediate=True)
         with conn, conn.begin():
             row = conn.execute(
-                select(Lease.holder, Lease.expires_at).where(Lease.source == self.source)
+                select(Lease.holder, Lease.expires_at, Lease.host, Lease.pid).where(
+                    Lease.source == self.source
+                )
             ).first()
-            if row is not None and require_free and row[1] > now and row[0] != self.holder:
+            if (
+                row is not None
+                and require_free
+                and row.expires_at > now
+                and row.holder != self.holder
+                and not _dead_here(row.host, row.pid)
+            ):
                 raise self._held()
             conn.execute(delete(Lease).where(Lease.source == self.source))
             conn.execute(insert(Lease).values(**values))
@@ -761,6 +787,19 @@ def _event(
         progress=rec.row["progress"],
         changed=changed,
     )
+
+
+def _dead_here(host: str, pid: int) -> bool:
+    """A lease holder on this host whose process is gone (crashed, kill -9) holds nothing."""
+    if host != socket.gethostname()[:255] or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _chunks(items: Sequence[str], n: int) -> Iterable[Sequence[str]]:
