@@ -339,6 +339,19 @@ def sync_cmd(app: App, name: str | None, sweep: bool, dry_run: bool, allow_mass_
     run_each(app, name, job)
 
 
+@cli.command()
+@pass_app
+def run(app: App) -> None:
+    """The daemon: scheduled syncs and sweeps per source until SIGTERM/SIGINT."""
+    from sync.scheduler import Daemon
+
+    settings = app.settings
+    settings.source(None)  # at least one source
+    for src in settings.sources:
+        src.token()  # a missing secret fails now, not at the first tick
+    Daemon(settings, app.store(), log_run).run()
+
+
 # ---- reading --------------------------------------------------------------------------------
 def _cell(v: Any) -> Any:
     if isinstance(v, datetime | date):

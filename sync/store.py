@@ -675,15 +675,22 @@ class WriterLock:
                 got = self.conn.exec_driver_sql("SELECT GET_LOCK(%s, 0)", (self.name,)).scalar()
             self.conn.commit()
             if not got:
-                self.conn.close()
-                self.conn = None
+                self._drop_connection()
                 raise self._held()
             self._take_lease(now, require_free=False)
         except sa_exc.SQLAlchemyError as exc:
-            if self.conn is not None:
-                self.conn.close()
-                self.conn = None
+            self._drop_connection()
             raise store.db_error(exc, "taking the writer lock") from None
+
+    def _drop_connection(self) -> None:
+        """Close the lock's session for real (never back to the pool), so the server releases
+        a session lock even if unlocking failed."""
+        if self.conn is not None:
+            with contextlib.suppress(sa_exc.SQLAlchemyError):
+                self.conn.invalidate()
+            with contextlib.suppress(sa_exc.SQLAlchemyError):
+                self.conn.close()
+            self.conn = None
 
     def verify(self) -> None:
         """Raise DatabaseError if the lock may have been lost (its connection died, or the
@@ -762,9 +769,7 @@ class WriterLock:
                 else:
                     self.conn.exec_driver_sql("SELECT RELEASE_LOCK(%s)", (self.name,))
                 self.conn.commit()
-            with contextlib.suppress(sa_exc.SQLAlchemyError):
-                self.conn.close()
-            self.conn = None
+            self._drop_connection()
 
 
 def _event(

@@ -121,6 +121,13 @@ def db_url_sp(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(params=[BACKENDS[1], BACKENDS[2]])
+def server_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty PostgreSQL or MariaDB database (connection-bound locks)."""
+    with fresh_database(request.param, tmp_path) as url:
+        yield url
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> Iterator[str]:
     with fresh_database("sqlite", tmp_path) as url:

@@ -1,0 +1,188 @@
+"""`tasksync run`: APScheduler wiring and signals, no business logic.
+
+One job per source for the incremental sync and one for the sweep, from cron expressions (or
+an interval), with max_instances=1, coalesce=True and an explicit misfire grace time. Each job
+calls the pipeline; the database lock in the pipeline keeps other processes and hosts out.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import threading
+import time
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from apscheduler.events import EVENT_JOB_ERROR, JobExecutionEvent
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from sync import pipeline
+from sync.client import Client
+from sync.config import Settings, SourceSettings, interval_seconds
+from sync.errors import ConfigError, LockHeld, TasksyncError
+from sync.metrics import Metrics
+from sync.store import Store
+
+log = logging.getLogger("tasksync.daemon")
+
+
+def trigger(cron: str, every: str | None, tz: ZoneInfo) -> Any:
+    """An interval trigger for `every`, else a cron trigger in the configured zone.
+
+    Runs start with a little random jitter (half an interval, at most 10 s) so that replicas
+    ticking on the same schedule take turns at a source instead of one always winning.
+    """
+    if every:
+        seconds = interval_seconds(every)
+        return IntervalTrigger(seconds=seconds, timezone=tz, jitter=min(seconds / 2, 10))
+    try:
+        return CronTrigger(**_cron_fields(cron), timezone=tz, jitter=10)
+    except ValueError as exc:
+        raise ConfigError(f"bad cron expression {cron!r}: {exc}") from None
+
+
+DAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
+
+
+def _cron_fields(cron: str) -> dict[str, str]:
+    """Crontab fields for CronTrigger. Day-of-week numbers follow crontab (0 or 7 = Sunday),
+    not APScheduler 3's own numbering (0 = Monday), so they are passed as names."""
+    fields = cron.split()
+    if len(fields) != 5:
+        raise ValueError(f"expected 5 fields (minute hour day month weekday), got {len(fields)}")
+    minute, hour, day, month, dow = fields
+    if "/" not in dow:
+        dow = re.sub(r"\d+", lambda m: DAYS[int(m.group()) % 7], dow)
+    return {"minute": minute, "hour": hour, "day": day, "month": month, "day_of_week": dow}
+
+
+class Daemon:
+    """The scheduler, the jobs it runs and a graceful stop."""
+
+    def __init__(self, settings: Settings, store: Store, log_run: Any) -> None:
+        self.settings = settings
+        self.store = store
+        self.log_run = log_run
+        self.stop = threading.Event()
+        self.metrics = Metrics()
+        self.active = 0
+        self.idle = threading.Condition()
+        sched = settings.schedule
+        try:
+            self.tz = ZoneInfo(sched.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"schedule.timezone: unknown time zone {sched.timezone!r}") from None
+        workers = max(2, 2 * len(settings.sources))
+        self.scheduler = BlockingScheduler(
+            timezone=self.tz, executors={"default": ThreadPoolExecutor(workers)}
+        )
+        self.scheduler.add_listener(self._crashed, EVENT_JOB_ERROR)
+        for src in settings.sources:
+            common = dict(
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=sched.misfire_grace_s,
+                replace_existing=True,
+            )
+            first = datetime.now(self.tz) if sched.run_at_start else None
+            self.scheduler.add_job(
+                self._job,
+                trigger(src.sync or sched.sync, sched.every, self.tz),
+                args=[src, "sync"],
+                id=f"{src.name}:sync",
+                next_run_time=first,
+                **common,
+            )
+            self.scheduler.add_job(
+                self._job,
+                trigger(src.sweep or sched.sweep, sched.sweep_every, self.tz),
+                args=[src, "sweep"],
+                id=f"{src.name}:sweep",
+                **common,
+            )
+
+    def _crashed(self, event: JobExecutionEvent) -> None:
+        log.error("job %s crashed: %r", event.job_id, event.exception)
+
+    def _job(self, src: SourceSettings, kind: str) -> None:
+        """One scheduled run; every failure is one log line and the daemon carries on."""
+        if self.stop.is_set():
+            return
+        with self.idle:
+            self.active += 1
+        try:
+            self._run(src, kind)
+        finally:
+            with self.idle:
+                self.active -= 1
+                self.idle.notify_all()
+
+    def _run(self, src: SourceSettings, kind: str) -> None:
+        try:
+            with Client(src, token=src.token()) as client:
+                if kind == "sweep":
+                    report = pipeline.sweep(self.store, client, src, stop=self.stop)
+                else:
+                    report = pipeline.incremental(self.store, client, src, stop=self.stop)
+            self.log_run(report)
+            try:
+                archived: int | None = self.store.count_tasks(src.name, present_only=True)
+            except TasksyncError:
+                archived = None
+            self.metrics.observe(report, archived, time.time())
+        except LockHeld as exc:
+            log.info("source %s %s skipped: %s", src.name, kind, exc)
+            self.metrics.failed(src.name, kind, "skipped")
+        except TasksyncError as exc:
+            log.error("source %s %s failed: %s", src.name, kind, exc)
+            self.metrics.failed(src.name, kind, "failed")
+        except Exception as exc:  # a bug must not stop the daemon either
+            log.error(
+                "source %s %s failed unexpectedly: %s: %s", src.name, kind, type(exc).__name__, exc
+            )
+            self.metrics.failed(src.name, kind, "failed")
+
+    def _signal(self, signum: int, _frame: Any) -> None:
+        log.info(
+            "%s received: stopping (the current run finishes its page and commits)",
+            signal.Signals(signum).name,
+        )
+        self.stop.set()
+        threading.Thread(target=self.scheduler.shutdown, kwargs={"wait": False}).start()
+
+    def run(self) -> None:
+        """Block until SIGTERM/SIGINT, then wait (bounded) for the current runs to commit."""
+        m = self.settings.metrics
+        if m.port is not None:
+            try:
+                self.metrics.serve(m.host, m.port)
+            except OSError as exc:
+                raise ConfigError(
+                    f"metrics: cannot listen on {m.host}:{m.port}: {exc.strerror}"
+                ) from None
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, self._signal)
+        names = ", ".join(s.name for s in self.settings.sources)
+        log.info("daemon started (pid %d) for %s", os.getpid(), names)
+        self.scheduler.start()
+        deadline = time.monotonic() + self.settings.schedule.shutdown_timeout_s
+        with self.idle:
+            while self.active and time.monotonic() < deadline:
+                self.idle.wait(timeout=max(0.0, deadline - time.monotonic()))
+        self.metrics.close()
+        if self.active:
+            log.warning(
+                "%d run(s) still busy after %.0fs; exiting anyway",
+                self.active,
+                self.settings.schedule.shutdown_timeout_s,
+            )
+            logging.shutdown()
+            os._exit(0)
+        log.info("daemon stopped")
