@@ -48,6 +48,7 @@ class Page:
     tasks: list[Any]
     total: int | None
     last: bool
+    prepared: Any = None  # set by the pipeline's prefetcher: the page ready to save
 
 
 class _Transient(ServerError):

@@ -51,7 +51,7 @@ class SourceSettings(_Strict):
     timeout_s: float = Field(default=30.0, gt=0)
     retry_attempts: int = Field(default=6, ge=1, le=50)
     retry_budget_s: float = Field(default=120.0, gt=0)
-    concurrency: int = Field(default=4, ge=1, le=32)
+    concurrency: int = Field(default=2, ge=1, le=32)
     ca_bundle: Path | None = None
     head_margin: int = Field(default=100, ge=1)
     mass_gone_share: float = Field(default=0.2, ge=0, le=1)

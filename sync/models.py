@@ -60,7 +60,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 LongText = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
-Json = JSON().with_variant(postgresql.JSONB(), "postgresql")
+Json = JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
 EventId = BigInteger().with_variant(Integer(), "sqlite")
 
 

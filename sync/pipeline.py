@@ -7,8 +7,10 @@ source's writer lock.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -142,8 +144,89 @@ def run_recorded(
     return report
 
 
-def _pages(client: Client, src: SourceSettings) -> Callable[[int], Page]:
-    return lambda n: client.query_page(n, src.page_size)
+class Prefetcher:
+    """Reads pages ahead on one background thread while the caller writes.
+
+    Requests stay strictly sequential (page n+1 is requested only after page n has arrived),
+    which the walker's drift check relies on; what overlaps is the network wait, parsing and
+    preparing on this thread with database writes on the caller's. At most `depth` pages wait
+    in the queue, so memory stays flat. Asking for any page other than the next one (the walker
+    stepping back) discards what was read ahead and restarts there.
+    """
+
+    def __init__(
+        self, fetch: Callable[[int], Page], prepare: Callable[[Page], Any], depth: int
+    ) -> None:
+        self.fetch_one = fetch
+        self.prepare = prepare
+        self.depth = depth
+        self.thread: threading.Thread | None = None
+        self.halt = threading.Event()
+        self.queue: queue.Queue[tuple[int, Page | None, BaseException | None]] = queue.Queue()
+        self.expect = -1
+
+    def _run(
+        self, start: int, halt: threading.Event, out: queue.Queue[Any], slots: threading.Semaphore
+    ) -> None:
+        n = start
+        while not halt.is_set():
+            slots.acquire()
+            if halt.is_set():
+                return
+            try:
+                page = self.fetch_one(n)
+                page.prepared = self.prepare(page)
+            except BaseException as exc:  # handed to the caller, raised there
+                out.put((n, None, exc))
+                return
+            out.put((n, page, None))
+            if page.last or not page.tasks:
+                return
+            n += 1
+
+    def _restart(self, n: int) -> None:
+        self.close()
+        self.halt = threading.Event()
+        self.queue = queue.Queue()
+        self.slots = threading.Semaphore(self.depth)
+        self.thread = threading.Thread(
+            target=self._run, daemon=True, args=(n, self.halt, self.queue, self.slots)
+        )
+        self.thread.start()
+        self.expect = n
+
+    def __call__(self, n: int) -> Page:
+        if self.depth < 1:  # no read-ahead: fetch and prepare here, one page at a time
+            here = self.fetch_one(n)
+            here.prepared = self.prepare(here)
+            return here
+        if n != self.expect or self.thread is None:
+            self._restart(n)
+        got, page, exc = self.queue.get()
+        self.slots.release()
+        if exc is not None:
+            self.thread = None
+            raise exc
+        assert page is not None and got == n
+        self.expect = n + 1
+        if page.last or not page.tasks:
+            self.thread = None  # the thread stopped at the end; a step back restarts it
+        return page
+
+    def close(self) -> None:
+        self.halt.set()
+        if self.thread is not None:
+            with contextlib.suppress(AttributeError):
+                self.slots.release()
+        self.thread = None
+
+
+def _pages(store: Store, client: Client, src: SourceSettings, clock: Clock) -> Prefetcher:
+    return Prefetcher(
+        lambda n: client.query_page(n, src.page_size),
+        lambda page: store.prepare(src.name, page.tasks, clock()),
+        src.concurrency - 1,
+    )
 
 
 def backfill(
@@ -166,19 +249,20 @@ def backfill(
         if start:
             report.notes.append(f"resumed at page {start.page} after id {start.last_id}")
         stats = WalkStats()
-        for page, cursor in walk(_pages(client, src), start, stats):
-            res = store.save(
-                src.name,
-                page.tasks,
-                report.run_id,
-                clock(),
-                checkpoint=("backfill", cursor.page, cursor.last_id, cursor.total),
-            )
-            report.pages += 1
-            report.absorb(res)
-            if progress:
-                progress(report.pages, report.tasks_seen, page.total)
-            _check(stop)
+        pages = _pages(store, client, src, clock)
+        try:
+            for page, cursor in walk(pages, start, stats):
+                at = ("backfill", cursor.page, cursor.last_id, cursor.total)
+                res = store.save(
+                    src.name, page.prepared, report.run_id, page.prepared.now, checkpoint=at
+                )
+                report.pages += 1
+                report.absorb(res)
+                if progress:
+                    progress(report.pages, report.tasks_seen, page.total)
+                _check(stop)
+        finally:
+            pages.close()
         if start:
             # Tasks that arrived while the backfill was stopped sit above where it began.
             _head_pass(store, client, src, report, set(), clock, False, stop)
@@ -274,11 +358,21 @@ def sweep(
     def body(report: RunReport) -> None:
         seen: set[str] = set()
         stats = WalkStats()
-        for page, _cursor in walk(_pages(client, src), None, stats):
-            report.pages += 1
-            _save_unseen(store, src, page.tasks, seen, report, clock, dry_run)
-            seen.update(page_ids(page))
-            _check(stop)
+        pages = _pages(store, client, src, clock)
+        try:
+            for page, _cursor in walk(pages, None, stats):
+                report.pages += 1
+                fresh = {k: v for k, v in page.prepared.records.items() if k not in seen}
+                if len(fresh) < len(page.prepared.records):  # repeats: count each task once
+                    page.prepared.records = fresh
+                res = store.save(
+                    src.name, page.prepared, report.run_id, page.prepared.now, dry_run=dry_run
+                )
+                report.absorb(res)
+                seen.update(page_ids(page))
+                _check(stop)
+        finally:
+            pages.close()
         if stats.repairs:
             report.notes.append(f"{stats.repairs} drift repairs")
         if not stats.complete or stats.unrepaired or not stats.verified:

@@ -17,16 +17,16 @@ import orjson
 MAX_ID = 255
 MAX_ENUM = 64
 
-# API field → column, for plain text fields.
-TEXT_FIELDS = {
-    "prompt": "prompt",
-    "promptEn": "prompt_en",
-    "description": "description",
-    "state": "state",
-    "imageUrl": "image_url",
-    "failReason": "fail_reason",
-}
-TIME_FIELDS = {"submitTime": "submit_time", "startTime": "start_time", "finishTime": "finish_time"}
+
+@dataclass(slots=True)
+class Fingerprint:
+    """A task as received: its id, its content hash and its canonical JSON. Cheap to make;
+    enough to tell an unchanged task from a new or changed one without normalizing it."""
+
+    id: str
+    hash: str
+    raw: dict[str, Any]
+    raw_json: str
 
 
 @dataclass(slots=True)
@@ -37,6 +37,7 @@ class Record:
     row: dict[str, Any]
     hash: str
     raw: dict[str, Any]
+    raw_json: str
 
 
 @dataclass(slots=True)
@@ -59,29 +60,31 @@ def _clean(value: Any) -> Any:
 
 
 def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
+    if value is None or type(value) is str:
         return value
     return orjson.dumps(value).decode() if isinstance(value, dict | list) else str(value)
 
 
+MAX_MS = 253402300799000  # 9999-12-31
+
+
 def epoch_ms(value: Any) -> int | None:
     """Epoch milliseconds from an int, float or digit string; None, 0 and junk give None."""
-    if isinstance(value, bool) or value is None:
+    if type(value) is int:
+        ms = value
+    elif value is None or isinstance(value, bool):
         return None
-    if isinstance(value, str):
+    elif isinstance(value, str):
         value = value.strip()
         if not value.lstrip("-").isdigit():
             return None
-        value = int(value)
-    if not isinstance(value, int | float):
+        ms = int(value)
+    elif isinstance(value, int | float):
+        ms = int(value)
+    else:
         return None
-    ms = int(value)
     # 0 means unset (new-api); outside years 1970..9999 is junk we keep only in `raw`.
-    if ms <= 0 or ms >= 253402300799000:
-        return None
-    return ms
+    return ms if 0 < ms < MAX_MS else None
 
 
 def to_utc(ms: int | None) -> datetime | None:
@@ -92,57 +95,84 @@ def _span(start: int | None, end: int | None) -> int | None:
     return None if start is None or end is None else end - start
 
 
+JSON_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
+
+
 def content_hash(raw: dict[str, Any]) -> str:
     """A stable hash of the whole task object: equal content, equal hash."""
-    blob = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
-    return hashlib.blake2b(blob, digest_size=16).hexdigest()
+    return hashlib.blake2b(orjson.dumps(raw, option=JSON_OPTS), digest_size=16).hexdigest()
 
 
-def normalize(source: str, obj: Any) -> Record | Rejected:
-    """Turn one task object from the server into a `Record`, or say why it can't be stored."""
-    if not isinstance(obj, dict):
+def fingerprint(obj: Any) -> Fingerprint | Rejected:
+    """Id, content hash and canonical JSON of one task object, or why it can't be stored."""
+    if type(obj) is not dict:
         return Rejected(None, f"task is a JSON {type(obj).__name__}, not an object")
     raw_id = obj.get("id")
     if raw_id is None or isinstance(raw_id, bool | dict | list) or str(raw_id).strip() == "":
         return Rejected(None, "task has no id")
-    task_id = _clean(str(raw_id))
+    task_id = _clean(raw_id if type(raw_id) is str else str(raw_id))
     if len(task_id) > MAX_ID:
         return Rejected(task_id[:80] + "…", f"id longer than {MAX_ID} characters")
-    raw = _clean(obj)
-    if not isinstance(raw, dict):  # pragma: no cover - _clean keeps dicts dicts
-        raise TypeError
-    action, status = _text(raw.get("action")), _text(raw.get("status"))
-    for name, val in (("action", action), ("status", status)):
-        if val is not None and len(val) > MAX_ENUM:
-            return Rejected(task_id, f"{name} longer than {MAX_ENUM} characters")
-    progress = _text(raw.get("progress"))
-    if progress is not None and len(progress) > MAX_ENUM:
-        progress = progress[:MAX_ENUM]
-    submit, start, finish = (epoch_ms(raw.get(k)) for k in TIME_FIELDS)
     try:
-        hashed = content_hash(raw)
+        blob = orjson.dumps(obj, option=JSON_OPTS)
     except (TypeError, orjson.JSONEncodeError) as exc:
         return Rejected(task_id, f"task cannot be serialised: {exc}")
+    raw: dict[str, Any] = obj
+    if b"\\u0000" in blob:  # rare: only then walk the object to replace NULs
+        raw = _clean(obj)
+        blob = orjson.dumps(raw, option=JSON_OPTS)
+    return Fingerprint(
+        task_id, hashlib.blake2b(blob, digest_size=16).hexdigest(), raw, blob.decode()
+    )
+
+
+def build(source: str, fp: Fingerprint) -> Record | Rejected:
+    """The archive row of a fingerprinted task."""
+    raw = fp.raw
+    g = raw.get
+    action, status = _text(g("action")), _text(g("status"))
+    if action is not None and len(action) > MAX_ENUM:
+        return Rejected(fp.id, f"action longer than {MAX_ENUM} characters")
+    if status is not None and len(status) > MAX_ENUM:
+        return Rejected(fp.id, f"status longer than {MAX_ENUM} characters")
+    progress = _text(g("progress"))
+    if progress is not None and len(progress) > MAX_ENUM:
+        progress = progress[:MAX_ENUM]
+    submit, start, finish = (
+        epoch_ms(g("submitTime")),
+        epoch_ms(g("startTime")),
+        epoch_ms(g("finishTime")),
+    )
     row: dict[str, Any] = {
         "source": source,
-        "id": task_id,
+        "id": fp.id,
         "action": action,
         "status": status,
+        "prompt": _text(g("prompt")),
+        "prompt_en": _text(g("promptEn")),
+        "description": _text(g("description")),
+        "state": _text(g("state")),
         "progress": progress,
+        "image_url": _text(g("imageUrl")),
+        "fail_reason": _text(g("failReason")),
         "submit_time": to_utc(submit),
         "start_time": to_utc(start),
         "finish_time": to_utc(finish),
         "queue_ms": _span(submit, start),
         "run_ms": _span(start, finish),
         "total_ms": _span(submit, finish),
-        "properties": raw.get("properties"),
-        "buttons": raw.get("buttons"),
+        "properties": g("properties"),
+        "buttons": g("buttons"),
         "raw": raw,
-        "content_hash": hashed,
+        "content_hash": fp.hash,
     }
-    for field, column in TEXT_FIELDS.items():
-        row[column] = _text(raw.get(field))
-    return Record(task_id, row, hashed, raw)
+    return Record(fp.id, row, fp.hash, raw, fp.raw_json)
+
+
+def normalize(source: str, obj: Any) -> Record | Rejected:
+    """Turn one task object from the server into a `Record`, or say why it can't be stored."""
+    fp = fingerprint(obj)
+    return fp if isinstance(fp, Rejected) else build(source, fp)
 
 
 def changed_fields(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:

@@ -145,6 +145,7 @@ class Simulator:
         self.query_requests = 0
         self.on_request: Callable[[Simulator], None] | None = None
         self.slow_next = 0.0
+        self.page_log: list[int] = []  # page numbers asked for, in order (for tests)
         self.lock = threading.RLock()
 
     # ---- tasks -----------------------------------------------------------------------------------
@@ -407,6 +408,7 @@ class Simulator:
                 b'than zero","status":400}',
             )
         size = min(size, self.page_cap)
+        self.page_log.append(number)
         total = len(self.alive)
         hi = total - number * size
         lo = max(0, hi - size)

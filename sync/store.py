@@ -34,16 +34,16 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.pool import NullPool
 
 from sync.errors import ConfigError, DatabaseError, LockHeld, MassGoneRefused
 from sync.models import TERMINAL_STATUSES, Checkpoint, Lease, SyncRun, Task, TaskEvent
-from sync.records import Record, Rejected, changed_fields, normalize
+from sync.records import Fingerprint, Record, Rejected, build, changed_fields, fingerprint
 
 log = logging.getLogger("tasksync.store")
 
 TASK_COLUMNS = [c.name for c in Task.__table__.columns]
 UPDATE_COLUMNS = [c for c in TASK_COLUMNS if c not in ("source", "id", "first_seen_at")]
+EVENT_COLUMNS = [c.name for c in TaskEvent.__table__.columns if c.name != "id"]
 LEASE_SECONDS = 60.0
 
 
@@ -93,6 +93,20 @@ class SaveResult:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
+@dataclass
+class Prepared:
+    """Tasks normalized and turned into bind parameters, ready for one `save`.
+
+    Preparing is pure CPU work with no database access, so a walk does it on its fetch thread
+    while the main thread writes the previous page.
+    """
+
+    source: str
+    now: datetime
+    records: dict[str, Fingerprint]
+    rejected: int
+
+
 class Store:
     """A handle on one archive database."""
 
@@ -101,7 +115,6 @@ class Store:
         self.dialect = self.url.get_backend_name()
         kwargs: dict[str, Any] = {"echo": echo, "json_serializer": _json_dumps}
         if self.dialect == "sqlite":
-            kwargs["poolclass"] = NullPool
             kwargs["connect_args"] = {"timeout": 30}
         else:
             kwargs["pool_pre_ping"] = True
@@ -112,6 +125,9 @@ class Store:
         if self.dialect == "sqlite":
             _sqlite_pragmas(self.engine)
         self.held: dict[str, WriterLock] = {}
+        self._mark = "?" if self.dialect == "sqlite" else "%s"
+        self._upsert_sql = self._compile(_upsert_statement(self.dialect))
+        self._event_sql = self._compile(insert(TaskEvent).values({c: None for c in EVENT_COLUMNS}))
 
     @property
     def display_url(self) -> str:
@@ -266,52 +282,41 @@ class Store:
             ]
 
     # ---- saving tasks -----------------------------------------------------------------
-    def _upsert(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
-        table = cast(Table, Task.__table__)
-        if self.dialect == "postgresql":
-            pg = postgresql.insert(table)
-            stmt: Any = pg.on_conflict_do_update(
-                index_elements=["source", "id"], set_={c: pg.excluded[c] for c in UPDATE_COLUMNS}
-            )
-        elif self.dialect == "sqlite":
-            sq = sqlite.insert(table)
-            stmt = sq.on_conflict_do_update(
-                index_elements=["source", "id"], set_={c: sq.excluded[c] for c in UPDATE_COLUMNS}
-            )
-        else:
-            my = mysql.insert(table)
-            stmt = my.on_duplicate_key_update({c: my.inserted[c] for c in UPDATE_COLUMNS})
-        conn.execute(stmt, rows)
+    def prepare(self, source: str, tasks: Sequence[Any], now: datetime) -> Prepared:
+        """Normalize raw task objects and build their bind parameters (no I/O)."""
+        records: dict[str, Fingerprint] = {}
+        rejected = 0
+        for obj in tasks:
+            fp = fingerprint(obj)
+            if isinstance(fp, Rejected):
+                rejected += 1
+                log.warning("source %s: task %s not stored: %s", source, fp.id, fp.reason)
+                continue
+            records[fp.id] = fp  # the same id twice in one batch: the later copy wins
+        return Prepared(source, now, records, rejected)
 
     def save(
         self,
         source: str,
-        tasks: Sequence[Any],
+        tasks: Sequence[Any] | Prepared,
         run_id: int | None,
         now: datetime,
         *,
         dry_run: bool = False,
         checkpoint: tuple[str, int, str | None, int | None] | None = None,
     ) -> SaveResult:
-        """Store a batch of raw task objects; only new, changed or returned tasks are written.
+        """Store a batch of tasks; only new, changed or returned tasks are written.
 
         One transaction: rows, events and (optionally) the backfill checkpoint commit together.
+        `now` is when the tasks were observed (for a Prepared batch: when it was prepared).
         """
-        result = SaveResult()
-        records: dict[str, Record] = {}
-        for obj in tasks:
-            rec = normalize(source, obj)
-            if isinstance(rec, Rejected):
-                result.rejected += 1
-                log.warning("source %s: task %s not stored: %s", source, rec.id, rec.reason)
-                continue
-            records[rec.id] = rec  # the same id twice in one batch: the later copy wins
-        result.seen = len(records)
+        batch = tasks if isinstance(tasks, Prepared) else self.prepare(source, tasks, now)
+        result = SaveResult(rejected=batch.rejected, seen=len(batch.records))
         if source in self.held and not dry_run:
             self.held[source].verify()
         try:
             with self.engine.begin() as conn:
-                self._save_records(conn, source, records, run_id, now, result, dry_run)
+                self._save_records(conn, batch, run_id, result, dry_run)
                 if checkpoint and not dry_run:
                     self._write_checkpoint(conn, source, *checkpoint, run_id, now)
         except sa_exc.DBAPIError as exc:
@@ -323,26 +328,20 @@ class Store:
                 source,
                 _scrub(str(exc.orig), self.url),
             )
-            result = self._save_one_by_one(source, records, run_id, now, result.rejected)
+            result = self._save_one_by_one(batch, run_id)
             if checkpoint and not dry_run:
                 with self.engine.begin() as conn:
                     self._write_checkpoint(conn, source, *checkpoint, run_id, now)
         return result
 
-    def _save_one_by_one(
-        self,
-        source: str,
-        records: dict[str, Record],
-        run_id: int | None,
-        now: datetime,
-        rejected: int,
-    ) -> SaveResult:
-        total = SaveResult(rejected=rejected, seen=len(records))
-        for task_id, rec in records.items():
+    def _save_one_by_one(self, batch: Prepared, run_id: int | None) -> SaveResult:
+        total = SaveResult(rejected=batch.rejected, seen=len(batch.records))
+        for task_id, fp in batch.records.items():
             one = SaveResult()
+            single = Prepared(batch.source, batch.now, {task_id: fp}, 0)
             try:
                 with self.engine.begin() as conn:
-                    self._save_records(conn, source, {task_id: rec}, run_id, now, one, False)
+                    self._save_records(conn, single, run_id, one, False)
             except sa_exc.DBAPIError as exc:
                 if isinstance(exc, sa_exc.OperationalError):
                     raise self.db_error(exc, "saving tasks") from None
@@ -350,56 +349,66 @@ class Store:
                 total.seen -= 1
                 log.warning(
                     "source %s: task %s not stored: %s",
-                    source,
+                    batch.source,
                     task_id,
                     _scrub(str(exc.orig), self.url),
                 )
                 continue
-            one.seen = 0
             total.add(one)
         return total
 
     def _save_records(
         self,
         conn: Connection,
-        source: str,
-        records: dict[str, Record],
+        batch: Prepared,
         run_id: int | None,
-        now: datetime,
         result: SaveResult,
         dry_run: bool,
     ) -> None:
+        source, records = batch.source, batch.records
         if not records:
             return
         ids = list(records)
-        existing: dict[str, tuple[str, str | None, datetime | None, datetime]] = {}
+        existing: dict[str, tuple[str, str | None, bool]] = {}
         for chunk in _chunks(ids, 500):
-            q = select(
-                Task.id, Task.content_hash, Task.status, Task.gone_at, Task.first_seen_at
-            ).where(Task.source == source, Task.id.in_(chunk))
-            for tid, h, status, gone_at, first in conn.execute(q):
-                existing[tid] = (h, status, gone_at, first)
+            marks = ", ".join([self._mark] * len(chunk))
+            rows_found = conn.exec_driver_sql(
+                "SELECT id, content_hash, status, gone_at FROM tasks "
+                f"WHERE source = {self._mark} AND id IN ({marks})",
+                (source, *chunk),
+            )
+            for tid, h, status, gone_at in rows_found:
+                existing[tid] = (h, status, gone_at is not None)
         result.known += len(existing)
-        rows: list[dict[str, Any]] = []
-        events: list[dict[str, Any]] = []
+        rows: list[Record] = []
+        events: list[tuple[Record, str, str | None, list[str] | None]] = []
         changed_ids: list[str] = []
-        for tid, rec in records.items():
-            result.statuses[tid] = rec.row["status"]
+        built: dict[str, Record] = {}
+        for tid, fp in records.items():
             old = existing.get(tid)
+            if old is not None and old[0] == fp.hash and not old[2]:
+                result.unchanged += 1
+                result.statuses[tid] = old[1]
+                continue
+            rec = build(source, fp)
+            if isinstance(rec, Rejected):
+                result.rejected += 1
+                result.seen -= 1
+                log.warning("source %s: task %s not stored: %s", source, rec.id, rec.reason)
+                continue
+            built[tid] = rec
+            result.statuses[tid] = rec.row["status"]
             if old is None:
                 result.inserted += 1
                 result.new_ids.add(tid)
-                rows.append(rec.row | {"first_seen_at": now})
-                events.append(_event(source, rec, run_id, now, "created", None, None))
+                rows.append(rec)
+                events.append((rec, "created", None, None))
                 continue
-            old_hash, old_status, gone_at, first = old
-            if old_hash == rec.hash and gone_at is None:
-                result.unchanged += 1
-                continue
-            rows.append(rec.row | {"first_seen_at": first})
-            if gone_at is not None:
+            _old_hash, old_status, was_gone = old
+            rows.append(rec)
+            if was_gone:
                 result.returned += 1
-                events.append(_event(source, rec, run_id, now, "returned", old_status, None))
+                events.append((rec, "returned", old_status, None))
             else:
                 result.changed += 1
                 changed_ids.append(tid)
@@ -409,17 +418,79 @@ class Store:
                 raws = select(Task.id, Task.raw).where(Task.source == source, Task.id.in_(chunk))
                 old_raw.update({cid: raw for cid, raw in conn.execute(raws)})
             for tid in changed_ids:
-                rec = records[tid]
+                rec = built[tid]
                 fields = changed_fields(old_raw.get(tid), rec.raw)
-                events.append(_event(source, rec, run_id, now, "changed", existing[tid][1], fields))
+                events.append((rec, "changed", existing[tid][1], fields))
         if dry_run or not rows:
             return
-        for row in rows:
-            row["last_seen_at"] = now
-            row["last_changed_at"] = now
-            row["gone_at"] = None
-        self._upsert(conn, rows)
-        conn.execute(insert(TaskEvent), events)
+        self._write(conn, batch, rows, events, run_id)
+
+    def _write(
+        self,
+        conn: Connection,
+        batch: Prepared,
+        rows: list[Record],
+        events: list[tuple[Record, str, str | None, list[str] | None]],
+        run_id: int | None,
+    ) -> None:
+        """Bulk upsert and event insert: statements compiled once by SQLAlchemy Core for this
+        dialect, rows handed to the driver's executemany (sqlite3 prepared statement, psycopg
+        pipeline mode, PyMySQL multi-row VALUES)."""
+        at = self._ts(batch.now)
+        sql, order = self._upsert_sql
+        conn.exec_driver_sql(sql, [self._task_params(rec, at) for rec in rows])
+        event_rows = [
+            {
+                "source": rec.row["source"],
+                "task_id": rec.id,
+                "observed_at": at,
+                "run_id": run_id,
+                "kind": kind,
+                "status": rec.row["status"],
+                "previous_status": prev,
+                "progress": rec.row["progress"],
+                "changed": _json_or_none(fields),
+            }
+            for rec, kind, prev, fields in events
+        ]
+        sql, order = self._event_sql
+        if order is not None:
+            conn.exec_driver_sql(sql, [tuple(e[k] for k in order) for e in event_rows])
+        else:
+            conn.exec_driver_sql(sql, event_rows)
+
+    def _task_params(self, rec: Record, at: Any) -> Any:
+        """Bind parameters of one task row for the compiled upsert (tuple or dict)."""
+        ts, r = self._ts, rec.row
+        p = {
+            **r,
+            "submit_time": ts(r["submit_time"]),
+            "start_time": ts(r["start_time"]),
+            "finish_time": ts(r["finish_time"]),
+            "properties": _json_or_none(r["properties"]),
+            "buttons": _json_or_none(r["buttons"]),
+            "raw": rec.raw_json,
+            "first_seen_at": at,
+            "last_seen_at": at,
+            "last_changed_at": at,
+            "gone_at": None,
+        }
+        order = self._upsert_sql[1]
+        return p if order is None else tuple([p[k] for k in order])
+
+    def _compile(self, stmt: Any) -> tuple[str, list[str] | None]:
+        compiled = stmt.compile(dialect=self.engine.dialect)
+        return str(compiled), (list(compiled.positiontup) if compiled.positional else None)
+
+    def _ts(self, value: datetime | None) -> Any:
+        """A UTC datetime as this driver wants it (what UTCDateTime does, without the overhead)."""
+        if value is None:
+            return None
+        if self.dialect == "postgresql":
+            return value
+        if self.dialect == "sqlite":  # SQLAlchemy's SQLite storage format, always with µs
+            return value.astimezone(UTC).isoformat(" ", "microseconds")[:26]
+        return value.astimezone(UTC).replace(tzinfo=None)
 
     # ---- reads the pipeline needs -------------------------------------------------------
     def unfinished_ids(self, source: str) -> list[str]:
@@ -770,6 +841,28 @@ class WriterLock:
                     self.conn.exec_driver_sql("SELECT RELEASE_LOCK(%s)", (self.name,))
                 self.conn.commit()
             self._drop_connection()
+
+
+def _upsert_statement(dialect: str) -> Any:
+    """INSERT … ON CONFLICT DO UPDATE (SQLite, PostgreSQL) / ON DUPLICATE KEY UPDATE (MariaDB)."""
+    table = cast(Table, Task.__table__)
+    values = {c: None for c in TASK_COLUMNS}
+    if dialect == "postgresql":
+        pg = postgresql.insert(table).values(values)
+        return pg.on_conflict_do_update(
+            index_elements=["source", "id"], set_={c: pg.excluded[c] for c in UPDATE_COLUMNS}
+        )
+    if dialect == "sqlite":
+        sq = sqlite.insert(table).values(values)
+        return sq.on_conflict_do_update(
+            index_elements=["source", "id"], set_={c: sq.excluded[c] for c in UPDATE_COLUMNS}
+        )
+    my = mysql.insert(table).values(values)
+    return my.on_duplicate_key_update({c: my.inserted[c] for c in UPDATE_COLUMNS})
+
+
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else _json_dumps(value)
 
 
 def _event(
