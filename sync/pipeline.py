@@ -221,10 +221,23 @@ class Prefetcher:
         self.thread = None
 
 
-def _pages(store: Store, client: Client, src: SourceSettings, clock: Clock) -> Prefetcher:
+class NewShare:
+    """How much of the last page was new or changed: a backfill into an empty archive builds
+    rows on the fetch thread; a re-walk over an unchanged archive skips that work."""
+
+    def __init__(self) -> None:
+        self.value = 1.0
+
+    def update(self, res: SaveResult) -> None:
+        self.value = (res.inserted + res.changed + res.returned) / max(1, res.seen)
+
+
+def _pages(
+    store: Store, client: Client, src: SourceSettings, clock: Clock, hint: NewShare
+) -> Prefetcher:
     return Prefetcher(
         lambda n: client.query_page(n, src.page_size),
-        lambda page: store.prepare(src.name, page.tasks, clock()),
+        lambda page: store.prepare(src.name, page.tasks, clock(), build_rows=hint.value > 0.5),
         src.concurrency - 1,
     )
 
@@ -249,7 +262,8 @@ def backfill(
         if start:
             report.notes.append(f"resumed at page {start.page} after id {start.last_id}")
         stats = WalkStats()
-        pages = _pages(store, client, src, clock)
+        hint = NewShare()
+        pages = _pages(store, client, src, clock, hint)
         try:
             for page, cursor in walk(pages, start, stats):
                 at = ("backfill", cursor.page, cursor.last_id, cursor.total)
@@ -258,6 +272,7 @@ def backfill(
                 )
                 report.pages += 1
                 report.absorb(res)
+                hint.update(res)
                 if progress:
                     progress(report.pages, report.tasks_seen, page.total)
                 _check(stop)
@@ -358,7 +373,8 @@ def sweep(
     def body(report: RunReport) -> None:
         seen: set[str] = set()
         stats = WalkStats()
-        pages = _pages(store, client, src, clock)
+        hint = NewShare()
+        pages = _pages(store, client, src, clock, hint)
         try:
             for page, _cursor in walk(pages, None, stats):
                 report.pages += 1
@@ -369,6 +385,7 @@ def sweep(
                     src.name, page.prepared, report.run_id, page.prepared.now, dry_run=dry_run
                 )
                 report.absorb(res)
+                hint.update(res)
                 seen.update(page_ids(page))
                 _check(stop)
         finally:

@@ -11,6 +11,7 @@ import os
 import socket
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -105,6 +106,8 @@ class Prepared:
     now: datetime
     records: dict[str, Fingerprint]
     rejected: int
+    built: dict[str, Record | Rejected] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 class Store:
@@ -124,8 +127,11 @@ class Store:
             raise ConfigError(f"database URL {self.display_url}: {exc}") from None
         if self.dialect == "sqlite":
             _sqlite_pragmas(self.engine)
+        elif self.dialect == "postgresql":
+            _pg_async_commit(self.engine)
         self.held: dict[str, WriterLock] = {}
         self._mark = "?" if self.dialect == "sqlite" else "%s"
+        self._grown, self._analyze_at = 0, 1000
         self._upsert_sql = self._compile(_upsert_statement(self.dialect))
         self._event_sql = self._compile(insert(TaskEvent).values({c: None for c in EVENT_COLUMNS}))
 
@@ -282,8 +288,11 @@ class Store:
             ]
 
     # ---- saving tasks -----------------------------------------------------------------
-    def prepare(self, source: str, tasks: Sequence[Any], now: datetime) -> Prepared:
-        """Normalize raw task objects and build their bind parameters (no I/O)."""
+    def prepare(
+        self, source: str, tasks: Sequence[Any], now: datetime, *, build_rows: bool = False
+    ) -> Prepared:
+        """Fingerprint raw task objects (no I/O); with `build_rows`, also build their rows and
+        bind parameters ahead of time, worth it when most tasks are expected to be new."""
         records: dict[str, Fingerprint] = {}
         rejected = 0
         for obj in tasks:
@@ -293,7 +302,14 @@ class Store:
                 log.warning("source %s: task %s not stored: %s", source, fp.id, fp.reason)
                 continue
             records[fp.id] = fp  # the same id twice in one batch: the later copy wins
-        return Prepared(source, now, records, rejected)
+        batch = Prepared(source, now, records, rejected)
+        if build_rows:
+            at = self._ts(now)
+            for tid, fp in records.items():
+                rec = batch.built[tid] = build(source, fp)
+                if isinstance(rec, Record):
+                    batch.params[tid] = self._task_params(rec, at)
+        return batch
 
     def save(
         self,
@@ -312,10 +328,10 @@ class Store:
         """
         batch = tasks if isinstance(tasks, Prepared) else self.prepare(source, tasks, now)
         result = SaveResult(rejected=batch.rejected, seen=len(batch.records))
-        if source in self.held and not dry_run:
-            self.held[source].verify()
         try:
             with self.engine.begin() as conn:
+                if source in self.held and not dry_run:
+                    self.held[source].verify(conn)
                 self._save_records(conn, batch, run_id, result, dry_run)
                 if checkpoint and not dry_run:
                     self._write_checkpoint(conn, source, *checkpoint, run_id, now)
@@ -370,14 +386,14 @@ class Store:
             return
         ids = list(records)
         existing: dict[str, tuple[str, str | None, bool]] = {}
+        head = f"SELECT id, content_hash, status, gone_at FROM tasks WHERE source = {self._mark}"
         for chunk in _chunks(ids, 500):
-            marks = ", ".join([self._mark] * len(chunk))
-            rows_found = conn.exec_driver_sql(
-                "SELECT id, content_hash, status, gone_at FROM tasks "
-                f"WHERE source = {self._mark} AND id IN ({marks})",
-                (source, *chunk),
-            )
-            for tid, h, status, gone_at in rows_found:
+            if self.dialect == "postgresql":
+                found = conn.exec_driver_sql(f"{head} AND id = ANY(%s)", (source, list(chunk)))
+            else:
+                marks = ", ".join([self._mark] * len(chunk))
+                found = conn.exec_driver_sql(f"{head} AND id IN ({marks})", (source, *chunk))
+            for tid, h, status, gone_at in found:
                 existing[tid] = (h, status, gone_at is not None)
         result.known += len(existing)
         rows: list[Record] = []
@@ -390,7 +406,7 @@ class Store:
                 result.unchanged += 1
                 result.statuses[tid] = old[1]
                 continue
-            rec = build(source, fp)
+            rec = batch.built.get(tid) or build(source, fp)
             if isinstance(rec, Rejected):
                 result.rejected += 1
                 result.seen -= 1
@@ -424,6 +440,12 @@ class Store:
         if dry_run or not rows:
             return
         self._write(conn, batch, rows, events, run_id)
+        self._grown += result.inserted
+        if self.dialect == "postgresql" and self._grown >= self._analyze_at:
+            # A table filling from empty has no statistics yet; without them PostgreSQL looks
+            # tasks up through the wrong index and every page costs a scan of the source.
+            conn.exec_driver_sql("ANALYZE tasks")
+            self._analyze_at = self._grown * 4
 
     def _write(
         self,
@@ -437,8 +459,8 @@ class Store:
         dialect, rows handed to the driver's executemany (sqlite3 prepared statement, psycopg
         pipeline mode, PyMySQL multi-row VALUES)."""
         at = self._ts(batch.now)
-        sql, order = self._upsert_sql
-        conn.exec_driver_sql(sql, [self._task_params(rec, at) for rec in rows])
+        params = batch.params
+        task_rows = [params.get(rec.id) or self._task_params(rec, at) for rec in rows]
         event_rows = [
             {
                 "source": rec.row["source"],
@@ -453,11 +475,21 @@ class Store:
             }
             for rec, kind, prev, fields in events
         ]
-        sql, order = self._event_sql
+        upsert_sql, event_sql = self._upsert_sql[0], self._event_sql[0]
+        if self.dialect == "postgresql":
+            # One pipeline for both statements: no round trip waits between them.
+            driver = conn.connection.driver_connection
+            assert driver is not None
+            with driver.pipeline(), driver.cursor() as cur:
+                cur.executemany(upsert_sql, task_rows)
+                cur.executemany(event_sql, event_rows)
+            return
+        conn.exec_driver_sql(upsert_sql, task_rows)
+        order = self._event_sql[1]
         if order is not None:
-            conn.exec_driver_sql(sql, [tuple(e[k] for k in order) for e in event_rows])
+            conn.exec_driver_sql(event_sql, [tuple(e[k] for k in order) for e in event_rows])
         else:
-            conn.exec_driver_sql(sql, event_rows)
+            conn.exec_driver_sql(event_sql, event_rows)
 
     def _task_params(self, rec: Record, at: Any) -> Any:
         """Bind parameters of one task row for the compiled upsert (tuple or dict)."""
@@ -718,6 +750,9 @@ class WriterLock:
         self.conn: Connection | None = None
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
+        self.renewed = 0.0  # monotonic time of the last successful lease write (SQLite)
+        self.lost = False
+        self.backend: Any = None  # server session id of the lock's connection
 
     def _held(self) -> LockHeld:
         info = self.store.lease_holder(self.source)
@@ -744,6 +779,12 @@ class WriterLock:
                 ).scalar()
             else:
                 got = self.conn.exec_driver_sql("SELECT GET_LOCK(%s, 0)", (self.name,)).scalar()
+            if got:
+                self.backend = self.conn.exec_driver_sql(
+                    "SELECT pg_backend_pid()"
+                    if store.dialect == "postgresql"
+                    else "SELECT CONNECTION_ID()"
+                ).scalar()
             self.conn.commit()
             if not got:
                 self._drop_connection()
@@ -763,18 +804,33 @@ class WriterLock:
                 self.conn.close()
             self.conn = None
 
-    def verify(self) -> None:
-        """Raise DatabaseError if the lock may have been lost (its connection died, or the
-        lease was taken over), so a run never writes without holding it."""
+    def verify(self, conn: Connection) -> None:
+        """Raise DatabaseError if the lock may have been lost (its session died, or the lease
+        was taken over), so a run never writes without holding it. Checked from the writing
+        transaction itself: if the check passes, the write is covered."""
         try:
-            if self.conn is not None:
-                self.conn.exec_driver_sql("SELECT 1").scalar()
-                self.conn.commit()
-                return
-            with self.store.engine.connect() as conn:
-                holder = conn.execute(
-                    select(Lease.holder).where(Lease.source == self.source)
+            if self.store.dialect == "postgresql":
+                held = conn.exec_driver_sql(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                    "AND pid = %s AND classid = %s AND objid = %s AND objsubid = 1",
+                    (self.backend, (self.key >> 32) & 0xFFFFFFFF, self.key & 0xFFFFFFFF),
                 ).scalar()
+                if held:
+                    return
+                raise DatabaseError(
+                    f"source {self.source!r}: lost the writer lock (its database session ended)"
+                )
+            if self.store.dialect != "sqlite":
+                if conn.exec_driver_sql("SELECT IS_USED_LOCK(%s)", (self.name,)).scalar() == (
+                    self.backend
+                ):
+                    return
+                raise DatabaseError(
+                    f"source {self.source!r}: lost the writer lock (its database session ended)"
+                )
+            if not self.lost and time.monotonic() - self.renewed < LEASE_SECONDS / 2:
+                return  # renewed recently: nobody else can have taken an unexpired lease
+            holder = conn.execute(select(Lease.holder).where(Lease.source == self.source)).scalar()
         except sa_exc.SQLAlchemyError as exc:
             raise self.store.db_error(exc, "checking the writer lock") from None
         if holder != self.holder:
@@ -807,17 +863,22 @@ class WriterLock:
                 raise self._held()
             conn.execute(delete(Lease).where(Lease.source == self.source))
             conn.execute(insert(Lease).values(**values))
+        self.renewed = time.monotonic()
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(LEASE_SECONDS / 4):
             now = datetime.now(UTC)
             try:
                 with self.store.engine.begin() as conn:
-                    conn.execute(
+                    done = conn.execute(
                         update(Lease)
                         .where(Lease.source == self.source, Lease.holder == self.holder)
                         .values(heartbeat_at=now, expires_at=now + timedelta(seconds=LEASE_SECONDS))
                     )
+                if done.rowcount == 1:
+                    self.renewed = time.monotonic()
+                else:
+                    self.lost = True
             except sa_exc.SQLAlchemyError as exc:
                 log.warning(
                     "source %s: lease heartbeat failed: %s",
@@ -912,6 +973,9 @@ def _sqlite_pragmas(engine: Engine) -> None:
     def _connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
+        # Tasks are ~3 KB rows: 16 KiB pages avoid overflow chains (about 1.5x faster bulk
+        # writes). Takes effect only on a new, empty file; existing archives keep theirs.
+        cur.execute("PRAGMA page_size=16384")
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA synchronous=NORMAL")
@@ -922,6 +986,18 @@ def _sqlite_pragmas(engine: Engine) -> None:
     def _begin(conn: Connection) -> None:
         immediate = conn.get_execution_options().get("sqlite_immediate")
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _pg_async_commit(engine: Engine) -> None:
+    """synchronous_commit = off: a commit returns before its WAL reaches disk. Atomicity is
+    unchanged (rows, events and checkpoint still commit together); a PostgreSQL crash can lose
+    the last fraction of a second of commits, which the next run simply fetches again."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        with dbapi_conn.cursor() as cur:
+            cur.execute("SET synchronous_commit = off")
+        dbapi_conn.commit()
 
 
 def migrations_dir() -> Path:

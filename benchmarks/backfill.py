@@ -1,0 +1,284 @@
+"""Backfill throughput and memory, against the built-in simulator in its own process.
+
+Run by hand (never in the test suite):
+
+    python benchmarks/backfill.py --tasks 100000 --repeat 3
+    python benchmarks/backfill.py --tasks 1000000 --repeat 1 --only tasksync-sqlite
+
+Every measurement runs in a fresh subprocess (so peak RSS is its own) against the same
+simulator; medians of --repeat runs are printed with ratios taken within this one run:
+fetch-only and write-only limits, tasksync backfill into SQLite and PostgreSQL, a re-backfill
+over an unchanged server, and dlt's rest_api source when `import dlt` works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+PG_ADMIN = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1/postgres")
+JOBS = ["fetch", "write-sqlite", "tasksync-sqlite", "rebackfill-sqlite", "tasksync-postgresql",
+        "write-postgresql", "dlt-sqlite", "dlt-postgresql"]  # fmt: skip
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---- jobs (each runs in its own process) -------------------------------------------------------
+def job_fetch(base: str, tasks: int) -> dict[str, Any]:
+    """httpx + orjson pulling every page, nothing else: the fetch-only limit."""
+    import httpx
+    import orjson
+
+    n = got = 0
+    t0 = time.perf_counter()
+    with httpx.Client(timeout=30) as http:
+        while True:
+            r = http.post(f"{base}/mj/task/query", content=orjson.dumps(
+                {"pageNumber": n, "pageSize": 100, "sort": "id,desc"}),
+                headers={"Content-Type": "application/json"})  # fmt: skip
+            page = orjson.loads(r.content)
+            got += len(page["content"])
+            n += 1
+            if page["last"] or not page["content"]:
+                break
+    return {"tasks": got, "seconds": time.perf_counter() - t0, "requests": n}
+
+
+def fresh_db(kind: str, tmp: str) -> str:
+    if kind == "sqlite":
+        return f"sqlite:///{tmp}/bench.db"
+    import psycopg
+
+    name = f"bench_{os.getpid()}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + "/" + name
+
+
+def drop_db(url: str) -> None:
+    if url.startswith("postgresql"):
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+
+
+def job_write(kind: str, tasks: int, tmp: str) -> dict[str, Any]:
+    """The driver's executemany of tasksync's own upsert, rows prepared beforehand, one
+    transaction: the write-only limit for this schema."""
+    from datetime import UTC, datetime
+
+    from sync.records import build, fingerprint
+    from sync.simulator import Simulator
+    from sync.store import Store
+
+    url = fresh_db(kind, tmp)
+    store = Store(url)
+    store.upgrade()
+    sim = Simulator(tasks, seed=1)
+    at = store._ts(datetime.now(UTC))
+    sql = store._upsert_sql[0]
+    spent = 0.0
+    with store.engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        cur = raw.cursor()
+        if kind == "sqlite":
+            cur.execute("BEGIN")
+        for lo in range(0, tasks, 1000):
+            rows = []
+            for i in range(lo, min(tasks, lo + 1000)):
+                rec = build("b", fingerprint(sim.task(i)))  # type: ignore[arg-type]
+                rows.append(store._task_params(rec, at))  # type: ignore[arg-type]
+            t0 = time.perf_counter()
+            cur.executemany(sql, rows)
+            spent += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        raw.commit()
+        spent += time.perf_counter() - t0
+    store.dispose()
+    drop_db(url)
+    return {"tasks": tasks, "seconds": spent, "requests": 0}
+
+
+def job_tasksync(kind: str, base: str, tasks: int, tmp: str, again: bool) -> dict[str, Any]:
+    from sync import pipeline
+    from sync.client import Client
+    from sync.config import SourceSettings
+    from sync.store import Store
+
+    url = fresh_db(kind, tmp)
+    store = Store(url)
+    store.upgrade()
+    src = SourceSettings(name="b", base_url=base, max_requests_per_second=100_000)
+    with Client(src) as client:
+        if again:
+            pipeline.backfill(store, client, src)
+        t0 = time.perf_counter()
+        report = pipeline.backfill(store, client, src)
+        seconds = time.perf_counter() - t0
+    store.dispose()
+    drop_db(url)
+    done = report.unchanged if again else report.inserted
+    assert done == tasks, (done, tasks)
+    return {"tasks": done, "seconds": seconds, "requests": report.requests}
+
+
+def job_dlt(kind: str, base: str, tasks: int, tmp: str) -> dict[str, Any]:
+    """dlt's rest_api source, merging on id into the same database through SQLAlchemy."""
+    import dlt
+    from dlt.sources.rest_api import rest_api_source
+
+    url = fresh_db(kind, tmp)
+    source = rest_api_source({
+        "client": {"base_url": base},
+        "resources": [{
+            "name": "tasks", "primary_key": "id", "write_disposition": "merge",
+            "endpoint": {"path": "mj/task/query", "method": "POST",
+                         "json": {"pageSize": 100, "sort": "id,desc"},
+                         "data_selector": "content",
+                         "paginator": {"type": "page_number", "page_body_path": "pageNumber",
+                                       "base_page": 0, "total_path": "totalPages"}},
+        }],
+    })  # fmt: skip
+    dest_url = url.replace("postgresql+psycopg", "postgresql+psycopg")
+    pipe = dlt.pipeline(pipeline_name=f"bench{os.getpid()}", pipelines_dir=tmp,
+                        destination=dlt.destinations.sqlalchemy(dest_url), dataset_name="bench")  # fmt: skip
+    t0 = time.perf_counter()
+    pipe.run(source)
+    seconds = time.perf_counter() - t0
+    drop_db(url)
+    return {"tasks": tasks, "seconds": seconds, "requests": -1}
+
+
+def run_job(name: str, base: str, tasks: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        kind = name.rsplit("-", 1)[-1]
+        if name == "fetch":
+            out = job_fetch(base, tasks)
+        elif name.startswith("write-"):
+            out = job_write(kind, tasks, tmp)
+        elif name.startswith("tasksync-"):
+            out = job_tasksync(kind, base, tasks, tmp, again=False)
+        elif name.startswith("rebackfill-"):
+            out = job_tasksync(kind, base, tasks, tmp, again=True)
+        else:
+            out = job_dlt(kind, base, tasks, tmp)
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+# ---- driver --------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_simulator(tasks: int) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "sync", "simulate", "--port", str(port),
+                             "--tasks", str(tasks), "--seed", "1"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def available(name: str) -> str | None:
+    if name.startswith("dlt-"):
+        try:
+            import dlt  # noqa: F401
+        except ImportError:
+            return "dlt not installed (pip install 'dlt[sqlalchemy]')"
+    if name.endswith("postgresql"):
+        try:
+            import psycopg
+
+            psycopg.connect(PG_ADMIN, connect_timeout=3).close()
+        except Exception as exc:  # noqa: BLE001
+            return f"PostgreSQL unreachable: {str(exc).splitlines()[0]}"
+    return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--tasks", type=int, default=100_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--only", nargs="*", choices=JOBS, default=JOBS)
+    ap.add_argument("--job", help=argparse.SUPPRESS)
+    ap.add_argument("--base", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.job:
+        print(json.dumps(run_job(args.job, args.base, args.tasks)))
+        return
+    sim, base = start_simulator(args.tasks)
+    results: dict[str, dict[str, float]] = {}
+    try:
+        for name in args.only:
+            why = available(name)
+            if why:
+                print(f"{name:<22} skipped: {why}")
+                continue
+            runs = []
+            for _ in range(args.repeat):
+                out = subprocess.run([sys.executable, __file__, "--job", name, "--base", base,
+                                      "--tasks", str(args.tasks)], capture_output=True, text=True,
+                                     cwd=ROOT)  # fmt: skip
+                if out.returncode != 0:
+                    print(f"{name:<22} failed: {out.stderr.strip().splitlines()[-1:]}")
+                    break
+                runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            if not runs:
+                continue
+            rates = [r["tasks"] / r["seconds"] for r in runs]
+            res = {"rate": statistics.median(rates), "rss": max(r["peak_rss_mb"] for r in runs),
+                   "requests": runs[0]["requests"], "spread": (min(rates), max(rates))}  # fmt: skip
+            results[name] = res
+            print(f"{name:<22} {res['rate']:>9,.0f} tasks/s  (runs {min(rates):,.0f}..{max(rates):,.0f})"
+                  f"  peak RSS {res['rss']:>5.0f} MB  requests {res['requests']}", flush=True)  # fmt: skip
+    finally:
+        sim.terminate()
+        sim.wait()
+    r = {k: v["rate"] for k, v in results.items()}
+    print(f"\n{args.tasks:,} tasks, medians of {args.repeat}; ratios within this run:")
+    if {"fetch", "write-sqlite", "tasksync-sqlite"} <= r.keys():
+        limit = min(r["fetch"], r["write-sqlite"])
+        print(
+            f"  sqlite backfill / min(fetch, write)   = {r['tasksync-sqlite'] / limit:.2f}  (target >= 0.60)"
+        )
+    for kind in ("sqlite", "postgresql"):
+        if {f"tasksync-{kind}", f"dlt-{kind}"} <= r.keys():
+            print(f"  {kind} backfill / dlt               = "
+                  f"{r[f'tasksync-{kind}'] / r[f'dlt-{kind}']:.1f}x  (target >= 10x)")  # fmt: skip
+    if "tasksync-postgresql" in r:
+        print(
+            f"  postgresql backfill                   = {r['tasksync-postgresql']:,.0f} tasks/s  (target >= 15,000)"
+        )
+    if {"fetch", "rebackfill-sqlite"} <= r.keys():
+        print(
+            f"  re-backfill / fetch                   = {r['rebackfill-sqlite'] / r['fetch']:.2f}  (target >= 0.80)"
+        )
+
+
+if __name__ == "__main__":
+    main()
