@@ -29,8 +29,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 PG_ADMIN = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1/postgres")
-JOBS = ["fetch", "write-sqlite", "tasksync-sqlite", "rebackfill-sqlite", "tasksync-postgresql",
-        "write-postgresql", "dlt-sqlite", "dlt-postgresql"]  # fmt: skip
+JOBS = [
+    "fetch",
+    "write-sqlite",
+    "tasksync-sqlite",
+    "rebackfill-sqlite",
+    "tasksync-postgresql",
+    "write-postgresql",
+    "dlt-sqlite",
+    "dlt-postgresql",
+]
 
 
 def peak_rss_mb() -> float:
@@ -47,9 +55,11 @@ def job_fetch(base: str, tasks: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     with httpx.Client(timeout=30) as http:
         while True:
-            r = http.post(f"{base}/mj/task/query", content=orjson.dumps(
-                {"pageNumber": n, "pageSize": 100, "sort": "id,desc"}),
-                headers={"Content-Type": "application/json"})  # fmt: skip
+            r = http.post(
+                f"{base}/mj/task/query",
+                content=orjson.dumps({"pageNumber": n, "pageSize": 100, "sort": "id,desc"}),
+                headers={"Content-Type": "application/json"},
+            )
             page = orjson.loads(r.content)
             got += len(page["content"])
             n += 1
@@ -145,23 +155,43 @@ def job_dlt(kind: str, base: str, tasks: int, tmp: str) -> dict[str, Any]:
     from dlt.sources.rest_api import rest_api_source
 
     url = fresh_db(kind, tmp)
-    source = rest_api_source({
-        "client": {"base_url": base},
-        "resources": [{
-            "name": "tasks", "primary_key": "id", "write_disposition": "merge",
-            "endpoint": {"path": "mj/task/query", "method": "POST",
-                         "json": {"pageSize": 100, "sort": "id,desc"},
-                         "data_selector": "content",
-                         "paginator": {"type": "page_number", "page_body_path": "pageNumber",
-                                       "base_page": 0, "total_path": "totalPages"}},
-        }],
-    })  # fmt: skip
+    source = rest_api_source(
+        {
+            "client": {"base_url": base},
+            "resources": [
+                {
+                    "name": "tasks",
+                    "primary_key": "id",
+                    "write_disposition": "merge",
+                    "endpoint": {
+                        "path": "mj/task/query",
+                        "method": "POST",
+                        "json": {"pageSize": 100, "sort": "id,desc"},
+                        "data_selector": "content",
+                        "paginator": {
+                            "type": "page_number",
+                            "page_body_path": "pageNumber",
+                            "base_page": 0,
+                            "total_path": "totalPages",
+                        },
+                    },
+                }
+            ],
+        }
+    )
     dest_url = url.replace("postgresql+psycopg", "postgresql+psycopg")
-    pipe = dlt.pipeline(pipeline_name=f"bench{os.getpid()}", pipelines_dir=tmp,
-                        destination=dlt.destinations.sqlalchemy(dest_url), dataset_name="bench")  # fmt: skip
+    pipe = dlt.pipeline(
+        pipeline_name=f"bench{os.getpid()}",
+        pipelines_dir=tmp,
+        destination=dlt.destinations.sqlalchemy(dest_url),
+        dataset_name="bench",
+    )
     t0 = time.perf_counter()
     pipe.run(source)
     seconds = time.perf_counter() - t0
+    with pipe.sql_client() as sql:
+        loaded = sql.execute_sql("SELECT count(*) FROM tasks")[0][0]
+    assert loaded == tasks, (loaded, tasks)
     drop_db(url)
     return {"tasks": tasks, "seconds": seconds, "requests": -1}
 
@@ -192,9 +222,23 @@ def free_port() -> int:
 
 def start_simulator(tasks: int) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "sync", "simulate", "--port", str(port),
-                             "--tasks", str(tasks), "--seed", "1"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sync",
+            "simulate",
+            "--port",
+            str(port),
+            "--tasks",
+            str(tasks),
+            "--seed",
+            "1",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     for _ in range(100):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
@@ -215,7 +259,7 @@ def available(name: str) -> str | None:
             import psycopg
 
             psycopg.connect(PG_ADMIN, connect_timeout=3).close()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             return f"PostgreSQL unreachable: {str(exc).splitlines()[0]}"
     return None
 
@@ -241,9 +285,21 @@ def main() -> None:
                 continue
             runs = []
             for _ in range(args.repeat):
-                out = subprocess.run([sys.executable, __file__, "--job", name, "--base", base,
-                                      "--tasks", str(args.tasks)], capture_output=True, text=True,
-                                     cwd=ROOT)  # fmt: skip
+                out = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--job",
+                        name,
+                        "--base",
+                        base,
+                        "--tasks",
+                        str(args.tasks),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    cwd=ROOT,
+                )
                 if out.returncode != 0:
                     print(f"{name:<22} failed: {out.stderr.strip().splitlines()[-1:]}")
                     break
@@ -251,33 +307,41 @@ def main() -> None:
             if not runs:
                 continue
             rates = [r["tasks"] / r["seconds"] for r in runs]
-            res = {"rate": statistics.median(rates), "rss": max(r["peak_rss_mb"] for r in runs),
-                   "requests": runs[0]["requests"], "spread": (min(rates), max(rates))}  # fmt: skip
+            res = {
+                "rate": statistics.median(rates),
+                "rss": max(r["peak_rss_mb"] for r in runs),
+                "requests": runs[0]["requests"],
+                "spread": (min(rates), max(rates)),
+            }
             results[name] = res
-            print(f"{name:<22} {res['rate']:>9,.0f} tasks/s  (runs {min(rates):,.0f}..{max(rates):,.0f})"
-                  f"  peak RSS {res['rss']:>5.0f} MB  requests {res['requests']}", flush=True)  # fmt: skip
+            spread = f"{min(rates):,.0f}..{max(rates):,.0f}"
+            print(
+                f"{name:<22} {res['rate']:>9,.0f} tasks/s  (runs {spread})"
+                f"  peak RSS {res['rss']:>5.0f} MB  requests {res['requests']}",
+                flush=True,
+            )
     finally:
         sim.terminate()
         sim.wait()
     r = {k: v["rate"] for k, v in results.items()}
     print(f"\n{args.tasks:,} tasks, medians of {args.repeat}; ratios within this run:")
+
+    def line(label: str, value: str, target: str) -> None:
+        print(f"  {label:<38} = {value}  (target {target})")
+
     if {"fetch", "write-sqlite", "tasksync-sqlite"} <= r.keys():
         limit = min(r["fetch"], r["write-sqlite"])
-        print(
-            f"  sqlite backfill / min(fetch, write)   = {r['tasksync-sqlite'] / limit:.2f}  (target >= 0.60)"
+        line(
+            "sqlite backfill / min(fetch, write)", f"{r['tasksync-sqlite'] / limit:.2f}", ">= 0.60"
         )
     for kind in ("sqlite", "postgresql"):
         if {f"tasksync-{kind}", f"dlt-{kind}"} <= r.keys():
-            print(f"  {kind} backfill / dlt               = "
-                  f"{r[f'tasksync-{kind}'] / r[f'dlt-{kind}']:.1f}x  (target >= 10x)")  # fmt: skip
+            ratio = r[f"tasksync-{kind}"] / r[f"dlt-{kind}"]
+            line(f"{kind} backfill / dlt", f"{ratio:.1f}x", ">= 10x")
     if "tasksync-postgresql" in r:
-        print(
-            f"  postgresql backfill                   = {r['tasksync-postgresql']:,.0f} tasks/s  (target >= 15,000)"
-        )
+        line("postgresql backfill", f"{r['tasksync-postgresql']:,.0f} tasks/s", ">= 15,000")
     if {"fetch", "rebackfill-sqlite"} <= r.keys():
-        print(
-            f"  re-backfill / fetch                   = {r['rebackfill-sqlite'] / r['fetch']:.2f}  (target >= 0.80)"
-        )
+        line("re-backfill / fetch", f"{r['rebackfill-sqlite'] / r['fetch']:.2f}", ">= 0.80")
 
 
 if __name__ == "__main__":

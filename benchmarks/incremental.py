@@ -19,11 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sync import pipeline  # noqa: E402
-from sync.client import Client  # noqa: E402
-from sync.config import SourceSettings  # noqa: E402
-from sync.simulator import Simulator, SimulatorServer  # noqa: E402
-from sync.store import Store  # noqa: E402
+from sync import pipeline
+from sync.client import Client
+from sync.config import SourceSettings
+from sync.simulator import Simulator, SimulatorServer
+from sync.store import Store
 
 
 def main() -> None:
@@ -40,8 +40,9 @@ def main() -> None:
     def unfinish() -> None:  # the same u tasks stay unfinished, with moving progress
         for n, i in enumerate(stuck):
             pct = f"{(int(time.time() * 10) + n) % 90}%"
-            sim.overrides[i] = dict(sim.task(i), status="IN_PROGRESS", progress=pct,
-                                    finishTime=None)  # fmt: skip
+            sim.overrides[i] = dict(
+                sim.task(i), status="IN_PROGRESS", progress=pct, finishTime=None
+            )
 
     unfinish()
     with tempfile.TemporaryDirectory() as tmp, SimulatorServer(sim) as server:
@@ -65,11 +66,15 @@ def main() -> None:
                 report = pipeline.incremental(store, client, src)
                 reqs.append(report.requests)
                 secs.append(report.duration_s)
-                print(f"  sync: {report.requests} requests, {report.duration_s * 1000:.0f} ms, "
-                      f"+{report.inserted} new, ~{report.changed} changed")  # fmt: skip
-        print(f"median: {statistics.median(reqs):.0f} requests (bound {bound}, target <= 5), "
-              f"{statistics.median(secs) * 1000:.0f} ms (target < 1000 ms) over "
-              f"{store.count_tasks('bench'):,} archived tasks")  # fmt: skip
+                print(
+                    f"  sync: {report.requests} requests, {report.duration_s * 1000:.0f} ms, "
+                    f"+{report.inserted} new, ~{report.changed} changed"
+                )
+        print(
+            f"median: {statistics.median(reqs):.0f} requests (bound {bound}, target <= 5), "
+            f"{statistics.median(secs) * 1000:.0f} ms (target < 1000 ms) over "
+            f"{store.count_tasks('bench'):,} archived tasks"
+        )
         store.dispose()
 
 
