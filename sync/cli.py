@@ -29,6 +29,7 @@ import click
 from sync import __version__
 from sync.config import Settings, SourceSettings, effective_view, load
 from sync.errors import ConfigError, TasksyncError
+from sync.models import RUN_COUNTERS
 
 log = logging.getLogger("tasksync")
 
@@ -199,23 +200,8 @@ def stop_on_signals() -> Iterator[threading.Event]:
 
 def log_run(report: Any) -> None:
     """One line per run, text or JSON (the fields go into the JSON record)."""
-    fields = {
-        k: getattr(report, k)
-        for k in (
-            "source",
-            "kind",
-            "outcome",
-            "pages",
-            "requests",
-            "retries",
-            "inserted",
-            "changed",
-            "unchanged",
-            "gone",
-            "returned",
-            "rejected",
-        )
-    }
+    names = ("source", "kind", "outcome", *(c for c in RUN_COUNTERS if c != "tasks_seen"))
+    fields = {k: getattr(report, k) for k in names}
     fields["duration_s"] = round(report.duration_s, 2)
     if report.dry_run:
         fields["dry_run"] = True

@@ -21,6 +21,7 @@ from typing import Any
 from sync.client import BY_IDS_MAX, Client, Page
 from sync.config import SourceSettings
 from sync.errors import TasksyncError
+from sync.models import RUN_COUNTERS
 from sync.store import SaveResult, Store
 from sync.walk import Cursor, WalkStats, page_ids, walk
 
@@ -66,19 +67,7 @@ class RunReport:
         self.rejected += res.rejected
 
     def counts(self) -> dict[str, int]:
-        keys = (
-            "pages",
-            "requests",
-            "retries",
-            "tasks_seen",
-            "inserted",
-            "changed",
-            "unchanged",
-            "gone",
-            "returned",
-            "rejected",
-        )
-        return {k: getattr(self, k) for k in keys}
+        return {k: getattr(self, k) for k in RUN_COUNTERS}
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

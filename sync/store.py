@@ -37,7 +37,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 
 from sync.errors import ConfigError, DatabaseError, LockHeld, MassGoneRefused
-from sync.models import TERMINAL_STATUSES, Checkpoint, Lease, SyncRun, Task, TaskEvent
+from sync.models import RUN_COUNTERS, TERMINAL_STATUSES, Checkpoint, Lease, SyncRun, Task, TaskEvent
 from sync.records import Fingerprint, Record, Rejected, build, changed_fields, fingerprint
 
 log = logging.getLogger("tasksync.store")
@@ -139,6 +139,14 @@ class Store:
     def display_url(self) -> str:
         return self.url.render_as_string(hide_password=True)
 
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction. On SQLite it starts with BEGIN IMMEDIATE: a deferred one that
+        reads first and then writes fails at once ("database is locked", no busy wait) when
+        another connection wrote in between; taking the write lock up front waits instead."""
+        with self.engine.connect().execution_options(sqlite_immediate=True) as conn, conn.begin():
+            yield conn
+
     def db_error(self, exc: BaseException, doing: str) -> DatabaseError:
         """A one-line DatabaseError for `exc` that names the URL and never the password."""
         orig = getattr(exc, "orig", None) or exc
@@ -170,7 +178,7 @@ class Store:
         from alembic import command
 
         try:
-            with self.engine.begin() as conn:
+            with self.write() as conn:
                 command.upgrade(self._alembic(conn), revision)
         except sa_exc.SQLAlchemyError as exc:
             raise self.db_error(exc, "migrating") from None
@@ -180,7 +188,7 @@ class Store:
         from alembic.util import CommandError
 
         try:
-            with self.engine.begin() as conn:
+            with self.write() as conn:
                 command.downgrade(self._alembic(conn), revision)
         except CommandError as exc:
             raise ConfigError(f"cannot downgrade to {revision!r}: {exc}") from None
@@ -234,24 +242,10 @@ class Store:
             outcome="running",
             host=socket.gethostname()[:255],
             pid=os.getpid(),
-            **dict.fromkeys(
-                (
-                    "pages",
-                    "requests",
-                    "retries",
-                    "tasks_seen",
-                    "inserted",
-                    "changed",
-                    "unchanged",
-                    "gone",
-                    "returned",
-                    "rejected",
-                ),
-                0,
-            ),
+            **dict.fromkeys(RUN_COUNTERS, 0),
         )
         try:
-            with self.engine.begin() as conn:
+            with self.write() as conn:
                 result = conn.execute(insert(SyncRun).values(**values))
                 pk = result.inserted_primary_key
                 assert pk is not None
@@ -262,7 +256,7 @@ class Store:
     def finish_run(
         self, run_id: int, counts: dict[str, int], outcome: str, error: str | None, now: datetime
     ) -> None:
-        with self.engine.begin() as conn:
+        with self.write() as conn:
             started = conn.execute(
                 select(SyncRun.started_at).where(SyncRun.id == run_id)
             ).scalar_one()
@@ -329,7 +323,7 @@ class Store:
         batch = tasks if isinstance(tasks, Prepared) else self.prepare(source, tasks, now)
         result = SaveResult(rejected=batch.rejected, seen=len(batch.records))
         try:
-            with self.engine.begin() as conn:
+            with self.write() as conn:
                 if source in self.held and not dry_run:
                     self.held[source].verify(conn)
                 self._save_records(conn, batch, run_id, result, dry_run)
@@ -346,7 +340,7 @@ class Store:
             )
             result = self._save_one_by_one(batch, run_id)
             if checkpoint and not dry_run:
-                with self.engine.begin() as conn:
+                with self.write() as conn:
                     self._write_checkpoint(conn, source, *checkpoint, run_id, now)
         return result
 
@@ -356,7 +350,7 @@ class Store:
             one = SaveResult()
             single = Prepared(batch.source, batch.now, {task_id: fp}, 0)
             try:
-                with self.engine.begin() as conn:
+                with self.write() as conn:
                     self._save_records(conn, single, run_id, one, False)
             except sa_exc.DBAPIError as exc:
                 if isinstance(exc, sa_exc.OperationalError):
@@ -578,7 +572,7 @@ class Store:
             )
         if dry_run:
             return len(missing)
-        with self.engine.begin() as conn:
+        with self.write() as conn:
             statuses: dict[str, tuple[str | None, str | None]] = {}
             for chunk in _chunks(missing, 500):
                 q = select(Task.id, Task.status, Task.progress).where(
@@ -611,7 +605,7 @@ class Store:
 
     def touch_seen(self, source: str, now: datetime) -> None:
         """After a complete sweep every present task was seen now: one statement, not a row each."""
-        with self.engine.begin() as conn:
+        with self.write() as conn:
             conn.execute(
                 update(Task)
                 .where(Task.source == source, Task.gone_at.is_(None))
@@ -652,7 +646,7 @@ class Store:
         return None if row is None else (row[0], row[1], row[2])
 
     def clear_checkpoint(self, source: str, kind: str) -> None:
-        with self.engine.begin() as conn:
+        with self.write() as conn:
             conn.execute(
                 delete(Checkpoint).where(Checkpoint.source == source, Checkpoint.kind == kind)
             )
@@ -869,7 +863,7 @@ class WriterLock:
         while not self._stop.wait(LEASE_SECONDS / 4):
             now = datetime.now(UTC)
             try:
-                with self.store.engine.begin() as conn:
+                with self.store.write() as conn:
                     done = conn.execute(
                         update(Lease)
                         .where(Lease.source == self.source, Lease.holder == self.holder)
@@ -890,7 +884,7 @@ class WriterLock:
         self._stop.set()
         if self._beat is not None:
             self._beat.join(timeout=5)
-        with contextlib.suppress(sa_exc.SQLAlchemyError), self.store.engine.begin() as conn:
+        with contextlib.suppress(sa_exc.SQLAlchemyError), self.store.write() as conn:
             conn.execute(
                 delete(Lease).where(Lease.source == self.source, Lease.holder == self.holder)
             )
