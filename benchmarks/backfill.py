@@ -190,7 +190,9 @@ def job_dlt(kind: str, base: str, tasks: int, tmp: str) -> dict[str, Any]:
     pipe.run(source)
     seconds = time.perf_counter() - t0
     with pipe.sql_client() as sql:
-        loaded = sql.execute_sql("SELECT count(*) FROM tasks")[0][0]
+        loaded = sql.execute_sql(f"SELECT count(*) FROM {sql.make_qualified_table_name('tasks')}")[
+            0
+        ][0]
     assert loaded == tasks, (loaded, tasks)
     drop_db(url)
     return {"tasks": tasks, "seconds": seconds, "requests": -1}
@@ -301,7 +303,7 @@ def main() -> None:
                     cwd=ROOT,
                 )
                 if out.returncode != 0:
-                    print(f"{name:<22} failed: {out.stderr.strip().splitlines()[-1:]}")
+                    print(f"{name:<22} failed: {out.stderr.strip().splitlines()[-6:]}")
                     break
                 runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
             if not runs:
