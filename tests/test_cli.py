@@ -244,3 +244,23 @@ def test_cli_subprocess_error_has_no_traceback(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "missing.toml" in proc.stderr
+
+
+def test_json_log_format_one_record_per_run(run: Run, tmp_path: Path) -> None:
+    """--log-format json: every log line is a JSON object; the run line carries its counts."""
+    import json
+
+    with SimulatorServer(Simulator(150)) as server:
+        cfg = write_config(tmp_path / "c.toml", server.url, f"sqlite:///{tmp_path / 'a.db'}")
+        run("--config", str(cfg), "db", "upgrade")
+        code, _, err = run("--config", str(cfg), "--log-format", "json", "sync")
+    assert code == 0, err
+    records = [json.loads(line) for line in err.strip().splitlines()]
+    runs = [r for r in records if r["msg"].startswith("run ")]
+    assert len(runs) == 1
+    assert (runs[0]["source"], runs[0]["kind"], runs[0]["outcome"], runs[0]["inserted"]) == (
+        "main",
+        "sync",
+        "ok",
+        150,
+    )
