@@ -135,7 +135,12 @@ def job_tasksync(kind: str, base: str, tasks: int, tmp: str, again: bool) -> dic
     url = fresh_db(kind, tmp)
     store = Store(url)
     store.upgrade()
-    src = SourceSettings(name="b", base_url=base, max_requests_per_second=100_000)
+    src = SourceSettings(
+        name="b",
+        base_url=base,
+        max_requests_per_second=100_000,
+        concurrency=int(os.environ.get("BENCH_CONCURRENCY", "2")),
+    )
     with Client(src) as client:
         if again:
             pipeline.backfill(store, client, src)

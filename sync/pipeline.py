@@ -28,6 +28,7 @@ from sync.walk import Cursor, WalkStats, page_ids, walk
 log = logging.getLogger("tasksync.pipeline")
 
 Clock = Callable[[], datetime]
+CHECKPOINT_EVERY_S = 2.0
 Progress = Callable[[int, int, int | None], None]
 
 
@@ -254,11 +255,22 @@ def backfill(
         hint = NewShare()
         pages = _pages(store, client, src, clock, hint)
         try:
+            last_checkpoint = time.monotonic()
             for page, cursor in walk(pages, start, stats):
                 at = ("backfill", cursor.page, cursor.last_id, cursor.total)
+                # Pages that change nothing move the checkpoint only every few seconds: a
+                # re-walk of an unchanged archive then writes (almost) nothing.
+                due = time.monotonic() - last_checkpoint >= CHECKPOINT_EVERY_S
                 res = store.save(
-                    src.name, page.prepared, report.run_id, page.prepared.now, checkpoint=at
+                    src.name,
+                    page.prepared,
+                    report.run_id,
+                    page.prepared.now,
+                    checkpoint=at,
+                    checkpoint_if_unchanged=due,
                 )
+                if due or res.inserted + res.changed + res.returned:
+                    last_checkpoint = time.monotonic()
                 report.pages += 1
                 report.absorb(res)
                 hint.update(res)

@@ -26,7 +26,7 @@ class Fingerprint:
     id: str
     hash: str
     raw: dict[str, Any]
-    raw_json: str
+    blob: bytes  # canonical JSON, decoded only for tasks that get written
 
 
 @dataclass(slots=True)
@@ -121,9 +121,7 @@ def fingerprint(obj: Any) -> Fingerprint | Rejected:
     if b"\\u0000" in blob:  # rare: only then walk the object to replace NULs
         raw = _clean(obj)
         blob = orjson.dumps(raw, option=JSON_OPTS)
-    return Fingerprint(
-        task_id, hashlib.blake2b(blob, digest_size=16).hexdigest(), raw, blob.decode()
-    )
+    return Fingerprint(task_id, hashlib.blake2b(blob, digest_size=16).hexdigest(), raw, blob)
 
 
 def build(source: str, fp: Fingerprint) -> Record | Rejected:
@@ -166,7 +164,7 @@ def build(source: str, fp: Fingerprint) -> Record | Rejected:
         "raw": raw,
         "content_hash": fp.hash,
     }
-    return Record(fp.id, row, fp.hash, raw, fp.raw_json)
+    return Record(fp.id, row, fp.hash, raw, fp.blob.decode())
 
 
 def normalize(source: str, obj: Any) -> Record | Rejected:

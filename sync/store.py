@@ -314,21 +314,34 @@ class Store:
         *,
         dry_run: bool = False,
         checkpoint: tuple[str, int, str | None, int | None] | None = None,
+        checkpoint_if_unchanged: bool = True,
     ) -> SaveResult:
         """Store a batch of tasks; only new, changed or returned tasks are written.
 
         One transaction: rows, events and (optionally) the backfill checkpoint commit together.
+        With `checkpoint_if_unchanged=False` a batch that wrote nothing leaves the checkpoint
+        alone, so a walk over an unchanged archive does not write at all.
         `now` is when the tasks were observed (for a Prepared batch: when it was prepared).
         """
         batch = tasks if isinstance(tasks, Prepared) else self.prepare(source, tasks, now)
         result = SaveResult(rejected=batch.rejected, seen=len(batch.records))
         try:
-            with self.write() as conn:
-                if source in self.held and not dry_run:
-                    self.held[source].verify(conn)
-                self._save_records(conn, batch, run_id, result, dry_run)
-                if checkpoint and not dry_run:
-                    self._write_checkpoint(conn, source, *checkpoint, run_id, now)
+            # Plan on a plain read; open a write transaction only when there is something to
+            # write. The source's writer lock keeps other writers away in between.
+            with self.engine.connect() as reader:
+                rows, events = self._plan(reader, batch, result)
+                reader.rollback()
+            if dry_run:
+                return result
+            ckpt = checkpoint if checkpoint and (rows or checkpoint_if_unchanged) else None
+            if rows or ckpt:
+                with self.write() as conn:
+                    if source in self.held:
+                        self.held[source].verify(conn)
+                    if rows:
+                        self._apply(conn, batch, rows, events, run_id, result)
+                    if ckpt:
+                        self._write_checkpoint(conn, source, *ckpt, run_id, now)
         except sa_exc.DBAPIError as exc:
             if exc.connection_invalidated or isinstance(exc, sa_exc.OperationalError):
                 raise self.db_error(exc, "saving tasks") from None
@@ -375,9 +388,17 @@ class Store:
         result: SaveResult,
         dry_run: bool,
     ) -> None:
+        rows, events = self._plan(conn, batch, result)
+        if rows and not dry_run:
+            self._apply(conn, batch, rows, events, run_id, result)
+
+    def _plan(
+        self, conn: Connection, batch: Prepared, result: SaveResult
+    ) -> tuple[list[Record], list[tuple[Record, str, str | None, list[str] | None]]]:
+        """Reads only: which tasks are new, changed or returned, and their events."""
         source, records = batch.source, batch.records
         if not records:
-            return
+            return [], []
         ids = list(records)
         existing: dict[str, tuple[str, str | None, bool]] = {}
         head = f"SELECT id, content_hash, status, gone_at FROM tasks WHERE source = {self._mark}"
@@ -431,8 +452,17 @@ class Store:
                 rec = built[tid]
                 fields = changed_fields(old_raw.get(tid), rec.raw)
                 events.append((rec, "changed", existing[tid][1], fields))
-        if dry_run or not rows:
-            return
+        return rows, events
+
+    def _apply(
+        self,
+        conn: Connection,
+        batch: Prepared,
+        rows: list[Record],
+        events: list[tuple[Record, str, str | None, list[str] | None]],
+        run_id: int | None,
+        result: SaveResult,
+    ) -> None:
         self._write(conn, batch, rows, events, run_id)
         self._grown += result.inserted
         if self.dialect == "postgresql" and self._grown >= self._analyze_at:
