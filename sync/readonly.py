@@ -24,10 +24,9 @@ _ALLOWED_SQLITE = {
 }
 
 
-def _strip(sql: str) -> tuple[str, list[int]]:
-    """The text with comments and quoted parts blanked, and where the bare `;`s are."""
+def _strip(sql: str) -> str:
+    """The text with comments and quoted parts blanked out."""
     out: list[str] = []
-    semis: list[int] = []
     i, n = 0, len(sql)
     while i < n:
         ch = sql[i]
@@ -54,16 +53,14 @@ def _strip(sql: str) -> tuple[str, list[int]]:
             out.append(ch + " " * (j - i - 2) + (ch if j - i > 1 else ""))
             i = j
         else:
-            if ch == ";":
-                semis.append(len("".join(out)))
             out.append(ch)
             i += 1
-    return "".join(out), semis
+    return "".join(out)
 
 
 def check_statement(sql: str) -> None:
     """Refuse empty, multi-statement or non-read input with a one-line reason."""
-    bare, _ = _strip(sql)
+    bare = _strip(sql)
     body = bare.strip().rstrip(";").strip()
     if not body:
         raise QueryRefused("query refused: empty statement")

@@ -98,11 +98,6 @@ def _span(start: int | None, end: int | None) -> int | None:
 JSON_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
 
 
-def content_hash(raw: dict[str, Any]) -> str:
-    """A stable hash of the whole task object: equal content, equal hash."""
-    return hashlib.blake2b(orjson.dumps(raw, option=JSON_OPTS), digest_size=16).hexdigest()
-
-
 def fingerprint(obj: Any) -> Fingerprint | Rejected:
     """Id, content hash and canonical JSON of one task object, or why it can't be stored."""
     if type(obj) is not dict:

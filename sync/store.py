@@ -272,15 +272,6 @@ class Store:
                 )
             )
 
-    def runs(self, source: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
-        q = select(SyncRun).order_by(SyncRun.id.desc()).limit(limit)
-        if source:
-            q = q.where(SyncRun.source == source)
-        with self.engine.connect() as conn:
-            return [
-                dict(r._mapping) for r in conn.execute(q.with_only_columns(*SyncRun.__table__.c))
-            ]
-
     # ---- saving tasks -----------------------------------------------------------------
     def prepare(
         self, source: str, tasks: Sequence[Any], now: datetime, *, build_rows: bool = False
@@ -948,28 +939,6 @@ def _upsert_statement(dialect: str) -> Any:
 
 def _json_or_none(value: Any) -> str | None:
     return None if value is None else _json_dumps(value)
-
-
-def _event(
-    source: str,
-    rec: Record,
-    run_id: int | None,
-    now: datetime,
-    kind: str,
-    previous: str | None,
-    changed: list[str] | None,
-) -> dict[str, Any]:
-    return dict(
-        source=source,
-        task_id=rec.id,
-        observed_at=now,
-        run_id=run_id,
-        kind=kind,
-        status=rec.row["status"],
-        previous_status=previous,
-        progress=rec.row["progress"],
-        changed=changed,
-    )
 
 
 def _dead_here(host: str, pid: int) -> bool:
