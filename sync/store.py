@@ -75,6 +75,10 @@ def _scrub(text: str, url: URL) -> str:
     return line
 
 
+# A task event to write: the task, its kind, the previous status, the changed field names.
+Event = tuple[Record, str, str | None, list[str] | None]
+
+
 @dataclass
 class SaveResult:
     """What one `save` did (or, in a dry run, would do)."""
@@ -330,7 +334,7 @@ class Store:
                     if source in self.held:
                         self.held[source].verify(conn)
                     if rows:
-                        self._apply(conn, batch, rows, events, run_id, result)
+                        self._write(conn, batch, rows, events, run_id, result.inserted)
                     if ckpt:
                         self._write_checkpoint(conn, source, *ckpt, run_id, now)
         except sa_exc.DBAPIError as exc:
@@ -381,11 +385,11 @@ class Store:
     ) -> None:
         rows, events = self._plan(conn, batch, result)
         if rows and not dry_run:
-            self._apply(conn, batch, rows, events, run_id, result)
+            self._write(conn, batch, rows, events, run_id, result.inserted)
 
     def _plan(
         self, conn: Connection, batch: Prepared, result: SaveResult
-    ) -> tuple[list[Record], list[tuple[Record, str, str | None, list[str] | None]]]:
+    ) -> tuple[list[Record], list[Event]]:
         """Reads only: which tasks are new, changed or returned, and their events."""
         source, records = batch.source, batch.records
         if not records:
@@ -403,7 +407,7 @@ class Store:
                 existing[tid] = (h, status, gone_at is not None)
         result.known += len(existing)
         rows: list[Record] = []
-        events: list[tuple[Record, str, str | None, list[str] | None]] = []
+        events: list[Event] = []
         changed_ids: list[str] = []
         built: dict[str, Record] = {}
         for tid, fp in records.items():
@@ -445,30 +449,14 @@ class Store:
                 events.append((rec, "changed", existing[tid][1], fields))
         return rows, events
 
-    def _apply(
-        self,
-        conn: Connection,
-        batch: Prepared,
-        rows: list[Record],
-        events: list[tuple[Record, str, str | None, list[str] | None]],
-        run_id: int | None,
-        result: SaveResult,
-    ) -> None:
-        self._write(conn, batch, rows, events, run_id)
-        self._grown += result.inserted
-        if self.dialect == "postgresql" and self._grown >= self._analyze_at:
-            # A table filling from empty has no statistics yet; without them PostgreSQL looks
-            # tasks up through the wrong index and every page costs a scan of the source.
-            conn.exec_driver_sql("ANALYZE tasks")
-            self._analyze_at = self._grown * 4
-
     def _write(
         self,
         conn: Connection,
         batch: Prepared,
         rows: list[Record],
-        events: list[tuple[Record, str, str | None, list[str] | None]],
+        events: list[Event],
         run_id: int | None,
+        inserted: int,
     ) -> None:
         """Bulk upsert and event insert: statements compiled once by SQLAlchemy Core for this
         dialect, rows handed to the driver's executemany (sqlite3 prepared statement, psycopg
@@ -498,13 +486,19 @@ class Store:
             with driver.pipeline(), driver.cursor() as cur:
                 cur.executemany(upsert_sql, task_rows)
                 cur.executemany(event_sql, event_rows)
-            return
-        conn.exec_driver_sql(upsert_sql, task_rows)
-        order = self._event_sql[1]
-        if order is not None:
-            conn.exec_driver_sql(event_sql, [tuple(e[k] for k in order) for e in event_rows])
         else:
-            conn.exec_driver_sql(event_sql, event_rows)
+            conn.exec_driver_sql(upsert_sql, task_rows)
+            order = self._event_sql[1]
+            if order is not None:
+                conn.exec_driver_sql(event_sql, [tuple(e[k] for k in order) for e in event_rows])
+            else:
+                conn.exec_driver_sql(event_sql, event_rows)
+        self._grown += inserted
+        if self.dialect == "postgresql" and self._grown >= self._analyze_at:
+            # A table filling from empty has no statistics yet; without them PostgreSQL looks
+            # tasks up through the wrong index and every page costs a scan of the source.
+            conn.exec_driver_sql("ANALYZE tasks")
+            self._analyze_at = self._grown * 4
 
     def _task_params(self, rec: Record, at: Any) -> Any:
         """Bind parameters of one task row for the compiled upsert (tuple or dict)."""
