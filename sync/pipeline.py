@@ -7,7 +7,6 @@ source's writer lock.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import queue
@@ -153,6 +152,7 @@ class Prefetcher:
         self.thread: threading.Thread | None = None
         self.halt = threading.Event()
         self.queue: queue.Queue[tuple[int, Page | None, BaseException | None]] = queue.Queue()
+        self.slots = threading.Semaphore(max(1, depth))
         self.expect = -1
 
     def _run(
@@ -206,8 +206,7 @@ class Prefetcher:
     def close(self) -> None:
         self.halt.set()
         if self.thread is not None:
-            with contextlib.suppress(AttributeError):
-                self.slots.release()
+            self.slots.release()  # wake a thread waiting for a free slot, so it sees `halt`
         self.thread = None
 
 

@@ -88,13 +88,12 @@ class SaveResult:
     unchanged: int = 0
     returned: int = 0
     rejected: int = 0
-    known: int = 0
     seen: int = 0
     statuses: dict[str, str | None] = field(default_factory=dict)
     new_ids: set[str] = field(default_factory=set)
 
     def add(self, other: SaveResult) -> None:
-        for name in ("inserted", "changed", "unchanged", "returned", "rejected", "known", "seen"):
+        for name in ("inserted", "changed", "unchanged", "returned", "rejected", "seen"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
@@ -405,7 +404,6 @@ class Store:
                 found = conn.exec_driver_sql(f"{head} AND id IN ({marks})", (source, *chunk))
             for tid, h, status, gone_at in found:
                 existing[tid] = (h, status, gone_at is not None)
-        result.known += len(existing)
         rows: list[Record] = []
         events: list[Event] = []
         changed_ids: list[str] = []

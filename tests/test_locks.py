@@ -14,6 +14,22 @@ from sync.store import Store, WriterLock
 NOW = datetime(2026, 11, 27, tzinfo=UTC)
 
 
+def put_lease(store: Store, holder: str, host: str, pid: int, expires_at: datetime) -> None:
+    """A lease row as another process would have left it."""
+    with store.engine.begin() as conn:
+        conn.execute(
+            insert(Lease).values(
+                source="main",
+                holder=holder,
+                host=host,
+                pid=pid,
+                acquired_at=NOW,
+                heartbeat_at=NOW,
+                expires_at=expires_at,
+            )
+        )
+
+
 def test_lock_excludes_a_second_writer_and_names_the_holder(store: Store, db_url: str) -> None:
     """While one handle holds a source, another gets LockHeld naming host, pid and since."""
     other = Store(db_url)
@@ -44,36 +60,26 @@ def test_connection_lock_released_when_holder_connection_dies(server_db_url: str
 
 def test_sqlite_expired_lease_is_taken_over(sqlite_store: Store) -> None:
     """A lease not renewed (its holder died elsewhere) is taken over once it expires."""
-    with sqlite_store.engine.begin() as conn:
-        conn.execute(
-            insert(Lease).values(
-                source="main",
-                holder="elsewhere:1:x",
-                host="elsewhere",
-                pid=1,
-                acquired_at=NOW - timedelta(hours=1),
-                heartbeat_at=NOW - timedelta(minutes=5),
-                expires_at=datetime.now(UTC) - timedelta(seconds=1),
-            )
-        )
+    put_lease(
+        sqlite_store,
+        holder="elsewhere:1:x",
+        host="elsewhere",
+        pid=1,
+        expires_at=datetime.now(UTC) - timedelta(seconds=1),
+    )
     with sqlite_store.lock("main"):
         pass
 
 
 def test_sqlite_live_lease_elsewhere_blocks(sqlite_store: Store) -> None:
     """A lease held from another host and not expired blocks, naming that host."""
-    with sqlite_store.engine.begin() as conn:
-        conn.execute(
-            insert(Lease).values(
-                source="main",
-                holder="h2:42:x",
-                host="h2",
-                pid=42,
-                acquired_at=NOW,
-                heartbeat_at=NOW,
-                expires_at=datetime.now(UTC) + timedelta(minutes=1),
-            )
-        )
+    put_lease(
+        sqlite_store,
+        holder="h2:42:x",
+        host="h2",
+        pid=42,
+        expires_at=datetime.now(UTC) + timedelta(minutes=1),
+    )
     with pytest.raises(LockHeld, match="host h2 pid 42"), sqlite_store.lock("main"):
         pass
 
@@ -85,17 +91,12 @@ def test_sqlite_lease_of_dead_local_process_is_taken_over(sqlite_store: Store) -
 
     proc = subprocess.Popen(["true"])
     proc.wait()
-    with sqlite_store.engine.begin() as conn:
-        conn.execute(
-            insert(Lease).values(
-                source="main",
-                holder="dead",
-                host=socket.gethostname(),
-                pid=proc.pid,
-                acquired_at=NOW,
-                heartbeat_at=NOW,
-                expires_at=datetime.now(UTC) + timedelta(minutes=1),
-            )
-        )
+    put_lease(
+        sqlite_store,
+        holder="dead",
+        host=socket.gethostname(),
+        pid=proc.pid,
+        expires_at=datetime.now(UTC) + timedelta(minutes=1),
+    )
     with sqlite_store.lock("main"):
         pass
