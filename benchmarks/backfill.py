@@ -114,7 +114,7 @@ def job_write(kind: str, tasks: int, tmp: str) -> dict[str, Any]:
             rows = []
             for i in range(lo, min(tasks, lo + 1000)):
                 rec = build("b", fingerprint(sim.task(i)))  # type: ignore[arg-type]
-                rows.append(store._task_params(rec, at))  # type: ignore[arg-type]
+                rows.append(store.binder.params(rec, at))  # type: ignore[arg-type]
             t0 = time.perf_counter()
             cur.executemany(sql, rows)
             spent += time.perf_counter() - t0

@@ -18,15 +18,29 @@ MAX_ID = 255
 MAX_ENUM = 64
 
 
-@dataclass(slots=True)
 class Fingerprint:
     """A task as received: its id, its content hash and its canonical JSON. Cheap to make;
-    enough to tell an unchanged task from a new or changed one without normalizing it."""
+    enough to tell an unchanged task from a new or changed one without normalizing it.
 
-    id: str
-    hash: str
-    raw: dict[str, Any]
-    blob: bytes  # canonical JSON, decoded only for tasks that get written
+    Pickled (to cross from the fetch process) without the parsed object, which is rebuilt
+    from the canonical JSON only if the task needs it."""
+
+    __slots__ = ("_raw", "blob", "hash", "id")
+
+    def __init__(self, id: str, hash: str, raw: dict[str, Any] | None, blob: bytes) -> None:
+        self.id, self.hash, self._raw, self.blob = id, hash, raw, blob
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        if self._raw is None:
+            self._raw = orjson.loads(self.blob)
+        return self._raw
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Fingerprint, (self.id, self.hash, None, self.blob))
+
+    def __repr__(self) -> str:
+        return f"Fingerprint({self.id!r}, {self.hash!r})"
 
 
 @dataclass(slots=True)

@@ -36,9 +36,10 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 
+from sync.batch import Binder, Built, Prepared, json_or_none, prepare
 from sync.errors import ConfigError, DatabaseError, LockHeld, MassGoneRefused
 from sync.models import RUN_COUNTERS, TERMINAL_STATUSES, Checkpoint, Lease, SyncRun, Task, TaskEvent
-from sync.records import Fingerprint, Record, Rejected, build, changed_fields, fingerprint
+from sync.records import Rejected, changed_fields
 
 log = logging.getLogger("tasksync.store")
 
@@ -75,8 +76,7 @@ def _scrub(text: str, url: URL) -> str:
     return line
 
 
-# A task event to write: the task, its kind, the previous status, the changed field names.
-Event = tuple[Record, str, str | None, list[str] | None]
+Event = tuple[str, Built, str, str | None, list[str] | None]  # id, row, kind, previous, fields
 
 
 @dataclass
@@ -95,22 +95,6 @@ class SaveResult:
     def add(self, other: SaveResult) -> None:
         for name in ("inserted", "changed", "unchanged", "returned", "rejected", "seen"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
-
-
-@dataclass
-class Prepared:
-    """Tasks normalized and turned into bind parameters, ready for one `save`.
-
-    Preparing is pure CPU work with no database access, so a walk does it on its fetch thread
-    while the main thread writes the previous page.
-    """
-
-    source: str
-    now: datetime
-    records: dict[str, Fingerprint]
-    rejected: int
-    built: dict[str, Record | Rejected] = field(default_factory=dict)
-    params: dict[str, Any] = field(default_factory=dict)
 
 
 class Store:
@@ -136,6 +120,8 @@ class Store:
         self._mark = "?" if self.dialect == "sqlite" else "%s"
         self._grown, self._analyze_at = 0, 1000
         self._upsert_sql = self._compile(_upsert_statement(self.dialect))
+        self.binder = Binder(self.dialect, self._upsert_sql[1])
+        self._ts = self.binder.ts
         self._event_sql = self._compile(insert(TaskEvent).values({c: None for c in EVENT_COLUMNS}))
 
     @property
@@ -279,25 +265,8 @@ class Store:
     def prepare(
         self, source: str, tasks: Sequence[Any], now: datetime, *, build_rows: bool = False
     ) -> Prepared:
-        """Fingerprint raw task objects (no I/O); with `build_rows`, also build their rows and
-        bind parameters ahead of time, worth it when most tasks are expected to be new."""
-        records: dict[str, Fingerprint] = {}
-        rejected = 0
-        for obj in tasks:
-            fp = fingerprint(obj)
-            if isinstance(fp, Rejected):
-                rejected += 1
-                log.warning("source %s: task %s not stored: %s", source, fp.id, fp.reason)
-                continue
-            records[fp.id] = fp  # the same id twice in one batch: the later copy wins
-        batch = Prepared(source, now, records, rejected)
-        if build_rows:
-            at = self._ts(now)
-            for tid, fp in records.items():
-                rec = batch.built[tid] = build(source, fp)
-                if isinstance(rec, Record):
-                    batch.params[tid] = self._task_params(rec, at)
-        return batch
+        """Fingerprint raw task objects (no I/O); see `sync.batch.prepare`."""
+        return prepare(self.binder, source, tasks, now, build_rows=build_rows)
 
     def save(
         self,
@@ -388,8 +357,8 @@ class Store:
 
     def _plan(
         self, conn: Connection, batch: Prepared, result: SaveResult
-    ) -> tuple[list[Record], list[Event]]:
-        """Reads only: which tasks are new, changed or returned, and their events."""
+    ) -> tuple[list[Any], list[Event]]:
+        """Reads only: which tasks are new, changed or returned; their rows and events."""
         source, records = batch.source, batch.records
         if not records:
             return [], []
@@ -404,54 +373,49 @@ class Store:
                 found = conn.exec_driver_sql(f"{head} AND id IN ({marks})", (source, *chunk))
             for tid, h, status, gone_at in found:
                 existing[tid] = (h, status, gone_at is not None)
-        rows: list[Record] = []
+        rows: list[Any] = []
         events: list[Event] = []
-        changed_ids: list[str] = []
-        built: dict[str, Record] = {}
+        changed: list[tuple[str, Built]] = []
+        at = self._ts(batch.now)
         for tid, fp in records.items():
             old = existing.get(tid)
             if old is not None and old[0] == fp.hash and not old[2]:
                 result.unchanged += 1
                 result.statuses[tid] = old[1]
                 continue
-            rec = batch.built.get(tid) or build(source, fp)
-            if isinstance(rec, Rejected):
+            b = batch.built.get(tid) or self.binder.built(source, fp, at)
+            if isinstance(b, Rejected):
                 result.rejected += 1
                 result.seen -= 1
-                log.warning("source %s: task %s not stored: %s", source, rec.id, rec.reason)
+                log.warning("source %s: task %s not stored: %s", source, b.id, b.reason)
                 continue
-            built[tid] = rec
-            result.statuses[tid] = rec.row["status"]
+            result.statuses[tid] = b.status
+            rows.append(b.params)
             if old is None:
                 result.inserted += 1
                 result.new_ids.add(tid)
-                rows.append(rec)
-                events.append((rec, "created", None, None))
-                continue
-            _old_hash, old_status, was_gone = old
-            rows.append(rec)
-            if was_gone:
+                events.append((tid, b, "created", None, None))
+            elif old[2]:
                 result.returned += 1
-                events.append((rec, "returned", old_status, None))
+                events.append((tid, b, "returned", old[1], None))
             else:
                 result.changed += 1
-                changed_ids.append(tid)
-        if changed_ids:
+                changed.append((tid, b))
+        if changed:
             old_raw: dict[str, Any] = {}
-            for chunk in _chunks(changed_ids, 500):
+            for chunk in _chunks([tid for tid, _b in changed], 500):
                 raws = select(Task.id, Task.raw).where(Task.source == source, Task.id.in_(chunk))
                 old_raw.update({cid: raw for cid, raw in conn.execute(raws)})
-            for tid in changed_ids:
-                rec = built[tid]
-                fields = changed_fields(old_raw.get(tid), rec.raw)
-                events.append((rec, "changed", existing[tid][1], fields))
+            for tid, b in changed:
+                fields = changed_fields(old_raw.get(tid), records[tid].raw)
+                events.append((tid, b, "changed", existing[tid][1], fields))
         return rows, events
 
     def _write(
         self,
         conn: Connection,
         batch: Prepared,
-        rows: list[Record],
+        rows: list[Any],
         events: list[Event],
         run_id: int | None,
         inserted: int,
@@ -460,21 +424,19 @@ class Store:
         dialect, rows handed to the driver's executemany (sqlite3 prepared statement, psycopg
         pipeline mode, PyMySQL multi-row VALUES)."""
         at = self._ts(batch.now)
-        params = batch.params
-        task_rows = [params.get(rec.id) or self._task_params(rec, at) for rec in rows]
         event_rows = [
             {
-                "source": rec.row["source"],
-                "task_id": rec.id,
+                "source": batch.source,
+                "task_id": tid,
                 "observed_at": at,
                 "run_id": run_id,
                 "kind": kind,
-                "status": rec.row["status"],
+                "status": b.status,
                 "previous_status": prev,
-                "progress": rec.row["progress"],
-                "changed": _json_or_none(fields),
+                "progress": b.progress,
+                "changed": json_or_none(fields),
             }
-            for rec, kind, prev, fields in events
+            for tid, b, kind, prev, fields in events
         ]
         upsert_sql, event_sql = self._upsert_sql[0], self._event_sql[0]
         if self.dialect == "postgresql":
@@ -482,10 +444,10 @@ class Store:
             driver = conn.connection.driver_connection
             assert driver is not None
             with driver.pipeline(), driver.cursor() as cur:
-                cur.executemany(upsert_sql, task_rows)
+                cur.executemany(upsert_sql, rows)
                 cur.executemany(event_sql, event_rows)
         else:
-            conn.exec_driver_sql(upsert_sql, task_rows)
+            conn.exec_driver_sql(upsert_sql, rows)
             order = self._event_sql[1]
             if order is not None:
                 conn.exec_driver_sql(event_sql, [tuple(e[k] for k in order) for e in event_rows])
@@ -498,38 +460,9 @@ class Store:
             conn.exec_driver_sql("ANALYZE tasks")
             self._analyze_at = self._grown * 4
 
-    def _task_params(self, rec: Record, at: Any) -> Any:
-        """Bind parameters of one task row for the compiled upsert (tuple or dict)."""
-        ts, r = self._ts, rec.row
-        p = {
-            **r,
-            "submit_time": ts(r["submit_time"]),
-            "start_time": ts(r["start_time"]),
-            "finish_time": ts(r["finish_time"]),
-            "properties": _json_or_none(r["properties"]),
-            "buttons": _json_or_none(r["buttons"]),
-            "raw": rec.raw_json,
-            "first_seen_at": at,
-            "last_seen_at": at,
-            "last_changed_at": at,
-            "gone_at": None,
-        }
-        order = self._upsert_sql[1]
-        return p if order is None else tuple([p[k] for k in order])
-
     def _compile(self, stmt: Any) -> tuple[str, list[str] | None]:
         compiled = stmt.compile(dialect=self.engine.dialect)
         return str(compiled), (list(compiled.positiontup) if compiled.positional else None)
-
-    def _ts(self, value: datetime | None) -> Any:
-        """A UTC datetime as this driver wants it (what UTCDateTime does, without the overhead)."""
-        if value is None:
-            return None
-        if self.dialect == "postgresql":
-            return value
-        if self.dialect == "sqlite":  # SQLAlchemy's SQLite storage format, always with µs
-            return value.astimezone(UTC).isoformat(" ", "microseconds")[:26]
-        return value.astimezone(UTC).replace(tzinfo=None)
 
     # ---- reads the pipeline needs -------------------------------------------------------
     def unfinished_ids(self, source: str) -> list[str]:
@@ -927,10 +860,6 @@ def _upsert_statement(dialect: str) -> Any:
         )
     my = mysql.insert(table).values(values)
     return my.on_duplicate_key_update({c: my.inserted[c] for c in UPDATE_COLUMNS})
-
-
-def _json_or_none(value: Any) -> str | None:
-    return None if value is None else _json_dumps(value)
 
 
 def _dead_here(host: str, pid: int) -> bool:

@@ -1,0 +1,111 @@
+"""A page of tasks made ready to save: fingerprints, and for likely-new tasks their bind
+parameters. Pure CPU work with no database access and no SQLAlchemy import, so it runs on the
+walk's fetch thread or in its fetch process while the store writes the previous page.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+import orjson
+
+from sync.records import Fingerprint, Record, Rejected, build, fingerprint
+
+log = logging.getLogger("tasksync.store")
+
+
+class Built(NamedTuple):
+    """What saving one new or changed task needs: its status and progress (for events and
+    results) and its bind parameters for the compiled upsert."""
+
+    status: str | None
+    progress: str | None
+    params: Any
+
+
+@dataclass
+class Prepared:
+    """Tasks fingerprinted (and, with `build_rows`, turned into bind parameters) for one save."""
+
+    source: str
+    now: datetime
+    records: dict[str, Fingerprint]
+    rejected: int
+    built: dict[str, Built | Rejected] = field(default_factory=dict)
+
+
+def json_or_none(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+class Binder:
+    """Turns a `Record` into bind parameters for one dialect's compiled upsert: timestamps as
+    the driver wants them, JSON as text, values in the statement's positional order."""
+
+    def __init__(self, dialect: str, order: list[str] | None) -> None:
+        self.dialect = dialect
+        self.order = order
+
+    def ts(self, value: datetime | None) -> Any:
+        """A UTC datetime as this driver wants it (what UTCDateTime does, without overhead)."""
+        if value is None:
+            return None
+        if self.dialect == "postgresql":
+            return value
+        if self.dialect == "sqlite":  # SQLAlchemy's SQLite storage format, always with µs
+            return value.astimezone(UTC).isoformat(" ", "microseconds")[:26]
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def params(self, rec: Record, at: Any) -> Any:
+        ts, r = self.ts, rec.row
+        p = {
+            **r,
+            "submit_time": ts(r["submit_time"]),
+            "start_time": ts(r["start_time"]),
+            "finish_time": ts(r["finish_time"]),
+            "properties": json_or_none(r["properties"]),
+            "buttons": json_or_none(r["buttons"]),
+            "raw": rec.raw_json,
+            "first_seen_at": at,
+            "last_seen_at": at,
+            "last_changed_at": at,
+            "gone_at": None,
+        }
+        return p if self.order is None else tuple([p[k] for k in self.order])
+
+    def built(self, source: str, fp: Fingerprint, at: Any) -> Built | Rejected:
+        rec = build(source, fp)
+        if isinstance(rec, Rejected):
+            return rec
+        return Built(rec.row["status"], rec.row["progress"], self.params(rec, at))
+
+
+def prepare(
+    binder: Binder,
+    source: str,
+    tasks: Sequence[Any],
+    now: datetime,
+    *,
+    build_rows: bool = False,
+) -> Prepared:
+    """Fingerprint raw task objects; with `build_rows`, also build their bind parameters ahead
+    of time, worth it when most tasks are expected to be new."""
+    records: dict[str, Fingerprint] = {}
+    rejected = 0
+    for obj in tasks:
+        fp = fingerprint(obj)
+        if isinstance(fp, Rejected):
+            rejected += 1
+            log.warning("source %s: task %s not stored: %s", source, fp.id, fp.reason)
+            continue
+        records[fp.id] = fp  # the same id twice in one batch: the later copy wins
+    batch = Prepared(source, now, records, rejected)
+    if build_rows:
+        at = binder.ts(now)
+        for tid, fp in records.items():
+            batch.built[tid] = binder.built(source, fp, at)
+    return batch
