@@ -5,7 +5,7 @@ walk's fetch thread or in its fetch process while the store writes the previous 
 
 from __future__ import annotations
 
-import logging
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -14,8 +14,6 @@ from typing import Any, NamedTuple
 import orjson
 
 from sync.records import Fingerprint, Record, Rejected, build, fingerprint
-
-log = logging.getLogger("tasksync.store")
 
 
 class Built(NamedTuple):
@@ -36,6 +34,7 @@ class Prepared:
     records: dict[str, Fingerprint]
     rejected: int
     built: dict[str, Built | Rejected] = field(default_factory=dict)
+    rejects: list[Rejected] = field(default_factory=list)  # logged when the batch is saved
 
 
 def json_or_none(value: Any) -> str | None:
@@ -48,7 +47,7 @@ class Binder:
 
     def __init__(self, dialect: str, order: list[str] | None) -> None:
         self.dialect = dialect
-        self.order = order
+        self.pick = None if order is None else operator.itemgetter(*order)
 
     def ts(self, value: datetime | None) -> Any:
         """A UTC datetime as this driver wants it (what UTCDateTime does, without overhead)."""
@@ -56,9 +55,11 @@ class Binder:
             return None
         if self.dialect == "postgresql":
             return value
+        if value.tzinfo is not UTC:
+            value = value.astimezone(UTC)
         if self.dialect == "sqlite":  # SQLAlchemy's SQLite storage format, always with µs
-            return value.astimezone(UTC).isoformat(" ", "microseconds")[:26]
-        return value.astimezone(UTC).replace(tzinfo=None)
+            return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+        return value.replace(tzinfo=None)
 
     def params(self, rec: Record, at: Any) -> Any:
         ts, r = self.ts, rec.row
@@ -75,7 +76,7 @@ class Binder:
             "last_changed_at": at,
             "gone_at": None,
         }
-        return p if self.order is None else tuple([p[k] for k in self.order])
+        return p if self.pick is None else self.pick(p)
 
     def built(self, source: str, fp: Fingerprint, at: Any) -> Built | Rejected:
         rec = build(source, fp)
@@ -95,15 +96,14 @@ def prepare(
     """Fingerprint raw task objects; with `build_rows`, also build their bind parameters ahead
     of time, worth it when most tasks are expected to be new."""
     records: dict[str, Fingerprint] = {}
-    rejected = 0
+    rejects: list[Rejected] = []
     for obj in tasks:
         fp = fingerprint(obj)
         if isinstance(fp, Rejected):
-            rejected += 1
-            log.warning("source %s: task %s not stored: %s", source, fp.id, fp.reason)
+            rejects.append(fp)
             continue
         records[fp.id] = fp  # the same id twice in one batch: the later copy wins
-    batch = Prepared(source, now, records, rejected)
+    batch = Prepared(source, now, records, len(rejects), rejects=rejects)
     if build_rows:
         at = binder.ts(now)
         for tid, fp in records.items():

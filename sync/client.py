@@ -49,6 +49,8 @@ class Page:
     total: int | None
     last: bool
     prepared: Any = None  # set by the pipeline's prefetcher: the page ready to save
+    ids: list[str] | None = None  # the tasks' ids, when `tasks` was left behind in transit
+    body: bytes | None = None  # the reply as received, when asked for (see `query_page`)
 
 
 class _Transient(ServerError):
@@ -108,6 +110,8 @@ class Client:
         wait_max: float = 30.0,
     ) -> None:
         self.source = source
+        # What a fetch process needs to open the same client (none with a custom transport).
+        self.spawn_args = None if transport is not None else (source, token, wait_initial, wait_max)
         self.base = source.base_url.rstrip("/")
         headers = {"Accept": "application/json", "User-Agent": "tasksync"}
         if token:
@@ -149,7 +153,8 @@ class Client:
         self.close()
 
     # ---- one request, retried ---------------------------------------------------------------
-    def _post(self, path: str, body: dict[str, Any]) -> Any:
+    def _post(self, path: str, body: dict[str, Any]) -> tuple[Any, bytes]:
+        """The parsed JSON reply, and its bytes."""
         url = self.base + path
 
         def backoff(exc: Exception) -> bool | float:
@@ -176,7 +181,7 @@ class Client:
             raise exc.final(f"{exc} (gave up after retries)") from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _post_once(self, url: str, body: dict[str, Any]) -> Any:
+    def _post_once(self, url: str, body: dict[str, Any]) -> tuple[Any, bytes]:
         name = self.source.name
         self.limiter.wait()
         with self._count_lock:
@@ -214,7 +219,7 @@ class Client:
                 BadResponse,
             )
         try:
-            return orjson.loads(content)
+            return orjson.loads(content), content
         except orjson.JSONDecodeError:
             looks_html = content.lstrip()[:1] == b"<"
             hint = " (an HTML page: a proxy in the way, or a wrong base_url?)" if looks_html else ""
@@ -224,18 +229,25 @@ class Client:
             ) from None
 
     # ---- the API ----------------------------------------------------------------------------
-    def query_page(self, number: int, size: int) -> Page:
-        """One page of `POST /mj/task/query`, sorted by id, newest first."""
+    def query_page(self, number: int, size: int, *, keep_body: bool = False) -> Page:
+        """One page of `POST /mj/task/query`, sorted by id, newest first; with `keep_body`, the
+        reply's bytes ride along in `page.body` (cheaper to hand to another process than the
+        parsed tasks)."""
         url = self.base + QUERY_PATH
-        data = self._post(QUERY_PATH, {"pageNumber": number, "pageSize": size, "sort": "id,desc"})
-        return parse_page(data, number, size, f"source {self.source.name}: POST {url}")
+        data, body = self._post(
+            QUERY_PATH, {"pageNumber": number, "pageSize": size, "sort": "id,desc"}
+        )
+        page = parse_page(data, number, size, f"source {self.source.name}: POST {url}")
+        if keep_body:
+            page.body = body
+        return page
 
     def list_by_ids(self, ids: list[str]) -> list[Any]:
         """`POST /mj/task/list-by-condition` for at most 100 ids; unknown ids are left out."""
         if len(ids) > BY_IDS_MAX:
             raise ValueError("at most 100 ids per request")
         url = self.base + BY_IDS_PATH
-        data = self._post(BY_IDS_PATH, {"ids": ids})
+        data, _body = self._post(BY_IDS_PATH, {"ids": ids})
         where = f"source {self.source.name}: POST {url}"
         _refused(data, where)
         if not isinstance(data, list):

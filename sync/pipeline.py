@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -17,10 +16,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sync.client import BY_IDS_MAX, Client, Page
+from sync.client import BY_IDS_MAX, Client
 from sync.config import SourceSettings
 from sync.errors import TasksyncError
 from sync.models import RUN_COUNTERS
+from sync.prefetch import FetchProcess, Pages, Prefetcher
 from sync.store import SaveResult, Store
 from sync.walk import Cursor, WalkStats, page_ids, walk
 
@@ -133,83 +133,6 @@ def run_recorded(
     return report
 
 
-class Prefetcher:
-    """Reads pages ahead on one background thread while the caller writes.
-
-    Requests stay strictly sequential (page n+1 is requested only after page n has arrived),
-    which the walker's drift check relies on; what overlaps is the network wait, parsing and
-    preparing on this thread with database writes on the caller's. At most `depth` pages wait
-    in the queue, so memory stays flat. Asking for any page other than the next one (the walker
-    stepping back) discards what was read ahead and restarts there.
-    """
-
-    def __init__(
-        self, fetch: Callable[[int], Page], prepare: Callable[[Page], Any], depth: int
-    ) -> None:
-        self.fetch_one = fetch
-        self.prepare = prepare
-        self.depth = depth
-        self.thread: threading.Thread | None = None
-        self.halt = threading.Event()
-        self.queue: queue.Queue[tuple[int, Page | None, BaseException | None]] = queue.Queue()
-        self.slots = threading.Semaphore(max(1, depth))
-        self.expect = -1
-
-    def _run(
-        self, start: int, halt: threading.Event, out: queue.Queue[Any], slots: threading.Semaphore
-    ) -> None:
-        n = start
-        while not halt.is_set():
-            slots.acquire()
-            if halt.is_set():
-                return
-            try:
-                page = self.fetch_one(n)
-                page.prepared = self.prepare(page)
-            except BaseException as exc:  # handed to the caller, raised there
-                out.put((n, None, exc))
-                return
-            out.put((n, page, None))
-            if page.last or not page.tasks:
-                return
-            n += 1
-
-    def _restart(self, n: int) -> None:
-        self.close()
-        self.halt = threading.Event()
-        self.queue = queue.Queue()
-        self.slots = threading.Semaphore(self.depth)
-        self.thread = threading.Thread(
-            target=self._run, daemon=True, args=(n, self.halt, self.queue, self.slots)
-        )
-        self.thread.start()
-        self.expect = n
-
-    def __call__(self, n: int) -> Page:
-        if self.depth < 1:  # no read-ahead: fetch and prepare here, one page at a time
-            here = self.fetch_one(n)
-            here.prepared = self.prepare(here)
-            return here
-        if n != self.expect or self.thread is None:
-            self._restart(n)
-        got, page, exc = self.queue.get()
-        self.slots.release()
-        if exc is not None:
-            self.thread = None
-            raise exc
-        assert page is not None and got == n
-        self.expect = n + 1
-        if page.last or not page.tasks:
-            self.thread = None  # the thread stopped at the end; a step back restarts it
-        return page
-
-    def close(self) -> None:
-        self.halt.set()
-        if self.thread is not None:
-            self.slots.release()  # wake a thread waiting for a free slot, so it sees `halt`
-        self.thread = None
-
-
 class NewShare:
     """How much of the last page was new or changed: a backfill into an empty archive builds
     rows on the fetch thread; a re-walk over an unchanged archive skips that work."""
@@ -223,12 +146,26 @@ class NewShare:
 
 def _pages(
     store: Store, client: Client, src: SourceSettings, clock: Clock, hint: NewShare
-) -> Prefetcher:
-    return Prefetcher(
+) -> Pages:
+    """The walk's page source: read-ahead on a thread, and for a long walk a fetch process
+    (with the real clock only: the child stamps pages with its own)."""
+
+    def build_rows() -> bool:
+        return hint.value > 0.5
+
+    thread = Prefetcher(
         lambda n: client.query_page(n, src.page_size),
-        lambda page: store.prepare(src.name, page.tasks, clock(), build_rows=hint.value > 0.5),
+        lambda page: store.prepare(src.name, page.tasks, clock(), build_rows=build_rows()),
         src.concurrency - 1,
     )
+    spawnable = src.concurrency > 1 and client.spawn_args is not None and clock is utcnow
+
+    def spawn() -> FetchProcess:
+        return FetchProcess(
+            client, store.binder, src.page_size, build_rows, thread.prepare, src.concurrency - 1
+        )
+
+    return Pages(thread, spawn if spawnable else None)
 
 
 def backfill(

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import xxhash
 
 MAX_ID = 255
 MAX_ENUM = 64
@@ -25,19 +26,36 @@ class Fingerprint:
     Pickled (to cross from the fetch process) without the parsed object, which is rebuilt
     from the canonical JSON only if the task needs it."""
 
-    __slots__ = ("_raw", "blob", "hash", "id")
+    __slots__ = ("_blob", "_raw", "_text", "hash", "id")
 
-    def __init__(self, id: str, hash: str, raw: dict[str, Any] | None, blob: bytes) -> None:
-        self.id, self.hash, self._raw, self.blob = id, hash, raw, blob
+    def __init__(
+        self, id: str, hash: str, raw: dict[str, Any] | None, blob: bytes | None, text: str | None
+    ) -> None:
+        self.id, self.hash, self._raw, self._blob, self._text = id, hash, raw, blob, text
+
+    @property
+    def text(self) -> str:
+        """The canonical JSON, decoded only for tasks that get written."""
+        if self._text is None:
+            assert self._blob is not None
+            self._text = self._blob.decode()
+        return self._text
 
     @property
     def raw(self) -> dict[str, Any]:
         if self._raw is None:
-            self._raw = orjson.loads(self.blob)
+            self._raw = orjson.loads(self._blob if self._blob is not None else self.text)
         return self._raw
 
+    def legacy_hash(self) -> str:
+        """The content hash tasksync 0.1 stored (blake2b), to recognise unchanged tasks in an
+        archive written before the switch to xxh3."""
+        blob = self._blob if self._blob is not None else self.text.encode()
+        return hashlib.blake2b(blob, digest_size=16).hexdigest()
+
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Fingerprint, (self.id, self.hash, None, self.blob))
+        # `text` is the very object in the row's bind parameters: pickle sends it once.
+        return (Fingerprint, (self.id, self.hash, None, None, self.text))
 
     def __repr__(self) -> str:
         return f"Fingerprint({self.id!r}, {self.hash!r})"
@@ -112,6 +130,12 @@ def _span(start: int | None, end: int | None) -> int | None:
 JSON_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
 
 
+def content_hash(blob: bytes) -> str:
+    """The letter x and 31 hex digits of the canonical JSON's xxh3-128: 32 characters, like
+    the blake2b hashes of archives written before, which never start with an x."""
+    return "x" + xxhash.xxh3_128_hexdigest(blob)[:31]
+
+
 def fingerprint(obj: Any) -> Fingerprint | Rejected:
     """Id, content hash and canonical JSON of one task object, or why it can't be stored."""
     if type(obj) is not dict:
@@ -130,7 +154,7 @@ def fingerprint(obj: Any) -> Fingerprint | Rejected:
     if b"\\u0000" in blob:  # rare: only then walk the object to replace NULs
         raw = _clean(obj)
         blob = orjson.dumps(raw, option=JSON_OPTS)
-    return Fingerprint(task_id, hashlib.blake2b(blob, digest_size=16).hexdigest(), raw, blob)
+    return Fingerprint(task_id, content_hash(blob), raw, blob, None)
 
 
 def build(source: str, fp: Fingerprint) -> Record | Rejected:
@@ -173,7 +197,7 @@ def build(source: str, fp: Fingerprint) -> Record | Rejected:
         "raw": raw,
         "content_hash": fp.hash,
     }
-    return Record(fp.id, row, fp.hash, raw, fp.blob.decode())
+    return Record(fp.id, row, fp.hash, raw, fp.text)
 
 
 def normalize(source: str, obj: Any) -> Record | Rejected:

@@ -39,7 +39,7 @@ from sqlalchemy.engine import URL, make_url
 from sync.batch import Binder, Built, Prepared, json_or_none, prepare
 from sync.errors import ConfigError, DatabaseError, LockHeld, MassGoneRefused
 from sync.models import RUN_COUNTERS, TERMINAL_STATUSES, Checkpoint, Lease, SyncRun, Task, TaskEvent
-from sync.records import Rejected, changed_fields
+from sync.records import Fingerprint, Rejected, changed_fields
 
 log = logging.getLogger("tasksync.store")
 
@@ -47,6 +47,7 @@ TASK_COLUMNS = [c.name for c in Task.__table__.columns]
 UPDATE_COLUMNS = [c for c in TASK_COLUMNS if c not in ("source", "id", "first_seen_at")]
 EVENT_COLUMNS = [c.name for c in TaskEvent.__table__.columns if c.name != "id"]
 LEASE_SECONDS = 60.0
+WAL_BACKSTOP_PAGES = 16384  # auto-checkpoint only if the background checkpointer falls behind
 
 
 def normalize_url(url: str) -> URL:
@@ -116,6 +117,12 @@ class Store:
             _sqlite_pragmas(self.engine)
         elif self.dialect == "postgresql":
             _pg_async_commit(self.engine)
+        database = self.url.database
+        self.wal = (
+            WalCheckpointer(database)
+            if self.dialect == "sqlite" and database and database != ":memory:"
+            else None
+        )
         self.held: dict[str, WriterLock] = {}
         self._mark = "?" if self.dialect == "sqlite" else "%s"
         self._grown, self._analyze_at = 0, 1000
@@ -135,6 +142,8 @@ class Store:
         another connection wrote in between; taking the write lock up front waits instead."""
         with self.engine.connect().execution_options(sqlite_immediate=True) as conn, conn.begin():
             yield conn
+        if self.wal is not None:
+            self.wal.poke()
 
     def db_error(self, exc: BaseException, doing: str) -> DatabaseError:
         """A one-line DatabaseError for `exc` that names the URL and never the password."""
@@ -152,6 +161,8 @@ class Store:
             raise self.db_error(exc, "connecting") from None
 
     def dispose(self) -> None:
+        if self.wal is not None:
+            self.wal.stop()
         self.engine.dispose()
 
     # ---- migrations -------------------------------------------------------------------
@@ -287,8 +298,21 @@ class Store:
         `now` is when the tasks were observed (for a Prepared batch: when it was prepared).
         """
         batch = tasks if isinstance(tasks, Prepared) else self.prepare(source, tasks, now)
+        for rej in batch.rejects:
+            log.warning("source %s: task %s not stored: %s", source, rej.id, rej.reason)
         result = SaveResult(rejected=batch.rejected, seen=len(batch.records))
         try:
+            if batch.built and not dry_run:
+                # Built ahead because most tasks were new: plan and write in one transaction.
+                with self.write() as conn:
+                    if source in self.held:
+                        self.held[source].verify(conn)
+                    rows, events = self._plan(conn, batch, result)
+                    if rows:
+                        self._write(conn, batch, rows, events, run_id, result.inserted)
+                    if checkpoint and (rows or checkpoint_if_unchanged):
+                        self._write_checkpoint(conn, source, *checkpoint, run_id, now)
+                return result
             # Plan on a plain read; open a write transaction only when there is something to
             # write. The source's writer lock keeps other writers away in between.
             with self.engine.connect() as reader:
@@ -365,21 +389,27 @@ class Store:
         ids = list(records)
         existing: dict[str, tuple[str, str | None, bool]] = {}
         head = f"SELECT id, content_hash, status, gone_at FROM tasks WHERE source = {self._mark}"
-        for chunk in _chunks(ids, 500):
-            if self.dialect == "postgresql":
-                found = conn.exec_driver_sql(f"{head} AND id = ANY(%s)", (source, list(chunk)))
-            else:
-                marks = ", ".join([self._mark] * len(chunk))
-                found = conn.exec_driver_sql(f"{head} AND id IN ({marks})", (source, *chunk))
-            for tid, h, status, gone_at in found:
-                existing[tid] = (h, status, gone_at is not None)
+        driver = conn.connection.driver_connection  # this runs for every page: no wrappers
+        assert driver is not None
+        cur = driver.cursor()
+        try:
+            for chunk in _chunks(ids, 500):
+                if self.dialect == "postgresql":
+                    cur.execute(f"{head} AND id = ANY(%s)", (source, list(chunk)))
+                else:
+                    marks = ", ".join([self._mark] * len(chunk))
+                    cur.execute(f"{head} AND id IN ({marks})", (source, *chunk))
+                for tid, h, status, gone_at in cur.fetchall():
+                    existing[tid] = (h, status, gone_at is not None)
+        finally:
+            cur.close()
         rows: list[Any] = []
         events: list[Event] = []
         changed: list[tuple[str, Built]] = []
         at = self._ts(batch.now)
         for tid, fp in records.items():
             old = existing.get(tid)
-            if old is not None and old[0] == fp.hash and not old[2]:
+            if old is not None and not old[2] and _same(old[0], fp):
                 result.unchanged += 1
                 result.statuses[tid] = old[1]
                 continue
@@ -457,6 +487,9 @@ class Store:
         if self.dialect == "postgresql" and self._grown >= self._analyze_at:
             # A table filling from empty has no statistics yet; without them PostgreSQL looks
             # tasks up through the wrong index and every page costs a scan of the source.
+            # A small sample is enough to pick the right index (30 ms instead of 450 ms at
+            # 100k rows); autovacuum's own ANALYZE later refines the statistics.
+            conn.exec_driver_sql("SET LOCAL default_statistics_target = 10")
             conn.exec_driver_sql("ANALYZE tasks")
             self._analyze_at = self._grown * 4
 
@@ -570,18 +603,20 @@ class Store:
         run_id: int | None,
         now: datetime,
     ) -> None:
-        conn.execute(delete(Checkpoint).where(Checkpoint.source == source, Checkpoint.kind == kind))
-        conn.execute(
-            insert(Checkpoint).values(
-                source=source,
-                kind=kind,
-                page=page,
-                cursor_id=cursor,
-                cursor_total=total,
-                run_id=run_id,
-                updated_at=now,
-            )
+        # Plain driver SQL: this runs with every page a walk saves.
+        m = self._mark
+        values = (page, cursor, total, run_id, self._ts(now), source, kind)
+        moved = conn.exec_driver_sql(
+            f"UPDATE sync_checkpoints SET page = {m}, cursor_id = {m}, cursor_total = {m}, "
+            f"run_id = {m}, updated_at = {m} WHERE source = {m} AND kind = {m}",
+            values,
         )
+        if moved.rowcount == 0:
+            conn.exec_driver_sql(
+                "INSERT INTO sync_checkpoints (page, cursor_id, cursor_total, run_id, updated_at, "
+                f"source, kind) VALUES ({m}, {m}, {m}, {m}, {m}, {m}, {m})",
+                values,
+            )
 
     def checkpoint(self, source: str, kind: str) -> tuple[int, str | None, int | None] | None:
         q = select(Checkpoint.page, Checkpoint.cursor_id, Checkpoint.cursor_total).where(
@@ -862,6 +897,11 @@ def _upsert_statement(dialect: str) -> Any:
     return my.on_duplicate_key_update({c: my.inserted[c] for c in UPDATE_COLUMNS})
 
 
+def _same(stored: str, fp: Fingerprint) -> bool:
+    """Whether a stored content hash matches a fingerprint (also a pre-xxh3 hash)."""
+    return stored == fp.hash or (stored[:1] != "x" and stored == fp.legacy_hash())
+
+
 def _dead_here(host: str, pid: int) -> bool:
     """A lease holder on this host whose process is gone (crashed, kill -9) holds nothing."""
     if host != socket.gethostname()[:255] or pid == os.getpid():
@@ -893,6 +933,8 @@ def _sqlite_pragmas(engine: Engine) -> None:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA synchronous=NORMAL")
+        # Commits leave the log to WalCheckpointer's thread; this is only a backstop.
+        cur.execute(f"PRAGMA wal_autocheckpoint={WAL_BACKSTOP_PAGES}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
@@ -900,6 +942,60 @@ def _sqlite_pragmas(engine: Engine) -> None:
     def _begin(conn: Connection) -> None:
         immediate = conn.get_execution_options().get("sqlite_immediate")
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+class WalCheckpointer:
+    """Copies SQLite's write-ahead log into the database file on a background thread.
+
+    A commit that crosses the auto-checkpoint mark otherwise does that copy, and its fsync, on
+    the writer's own time: about half of what a page cost to save. Here a passive checkpoint
+    (which never blocks readers or writers) runs at most every `interval` seconds after a
+    write, and sqlite releases the GIL while it works, so it overlaps with the next page.
+    Durability is unchanged: `synchronous=NORMAL` still syncs the log before the file.
+    """
+
+    def __init__(self, path: str, interval: float = 0.5) -> None:
+        self.path = path
+        self.interval = interval
+        self.wake = threading.Event()
+        self.stopping = False
+        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()
+
+    def poke(self) -> None:
+        with self.lock:
+            if self.thread is None and not self.stopping:
+                self.thread = threading.Thread(target=self._run, name="tasksync-wal", daemon=True)
+                self.thread.start()
+        self.wake.set()
+
+    def _run(self) -> None:
+        try:
+            conn = sqlite3.connect(self.path, timeout=5, isolation_level=None)
+        except sqlite3.Error as exc:
+            log.debug("WAL checkpointer not started: %s", exc)
+            return
+        try:
+            while True:
+                self.wake.wait()
+                if self.stopping:
+                    return
+                self.wake.clear()
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:  # busy or gone: the next poke tries again
+                    log.debug("WAL checkpoint skipped: %s", exc)
+                time.sleep(self.interval)
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopping = True
+            thread, self.thread = self.thread, None
+        self.wake.set()
+        if thread is not None:
+            thread.join(timeout=self.interval + 5)
 
 
 def _pg_async_commit(engine: Engine) -> None:

@@ -51,6 +51,8 @@ def id_key(task_id: str) -> tuple[int, int | str]:
 
 
 def page_ids(page: Page) -> list[str]:
+    if page.ids is not None:
+        return page.ids
     return [str(t["id"]) for t in page.tasks if isinstance(t, dict) and t.get("id") is not None]
 
 

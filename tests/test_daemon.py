@@ -16,6 +16,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from sync.errors import LockHeld
 from sync.models import SyncRun
 from sync.simulator import Simulator, SimulatorServer
 from sync.store import Store
@@ -125,15 +126,29 @@ def test_two_daemons_one_writer_per_source(kind: str, tmp_path: Path) -> None:
                 60,
                 "both daemons to run",
             )
+            # Their own races are frequent but not certain: hold the lock across a few ticks,
+            # so each daemon meets a holder at least once and says who it is.
+            wait_for(lambda: _hold_lock(store, 2.5), 30, "a turn at the lock")
             for p in procs:
                 stop_daemon(p)
         done = [r for r in runs(store) if r.finished_at is not None]
         assert len({r.pid for r in done}) == 2
         for a, b in itertools.pairwise(sorted(done, key=lambda r: r.started_at)):
             assert b.started_at >= a.finished_at, (a, b)
-        logs = "".join((tmp_path / f"d{i}.log").read_text() for i in range(2))
-        assert "is being synced by host" in logs  # the loser of a race says who won
+        for i in range(2):  # a daemon that loses a race says who won
+            assert "is being synced by host" in (tmp_path / f"d{i}.log").read_text()
         store.dispose()
+
+
+def _hold_lock(store: Store, seconds: float) -> bool:
+    """Hold the source's writer lock for `seconds`; False if a daemon has it right now."""
+    try:
+        with store.lock("main"):
+            time.sleep(seconds)
+    except LockHeld:
+        time.sleep(0.05)
+        return False
+    return True
 
 
 def test_daemon_survives_database_and_server_outages(tmp_path: Path) -> None:

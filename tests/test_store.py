@@ -6,10 +6,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
 from sync.errors import QueryRefused
 from sync.models import Task, TaskEvent
-from sync.records import normalize
+from sync.records import Rejected, fingerprint, normalize
 from sync.store import Store
 
 from .helpers import archive, count, events
@@ -63,6 +64,27 @@ def test_store_unchanged_task_writes_nothing(store: Store) -> None:
     assert (res.inserted, res.changed, res.unchanged) == (0, 0, 1)
     assert archive(store)["1767225600000001"]["last_seen_at"] == NOW
     assert count(store, TaskEvent) == 1
+
+
+def test_store_recognises_hashes_written_before_xxh3(store: Store) -> None:
+    """Archives written by tasksync 0.1 hold blake2b content hashes: their unchanged tasks
+    stay unchanged (no write, no event), and a real change is still one `changed` event."""
+    tasks = [task(), task("1767225600000002", prompt="a dog")]
+    store.save("main", tasks, None, NOW)
+    fp = fingerprint(tasks[0])
+    assert not isinstance(fp, Rejected) and fp.hash.startswith("x") and len(fp.hash) == 32
+    with store.engine.begin() as conn:
+        for obj in tasks:
+            old = fingerprint(obj)
+            assert not isinstance(old, Rejected)
+            conn.execute(
+                update(Task).where(Task.id == old.id).values(content_hash=old.legacy_hash())
+            )
+    res = store.save("main", [tasks[0], task("1767225600000002", prompt="a fox")], None, NOW)
+    assert (res.inserted, res.changed, res.unchanged) == (0, 1, 1)
+    assert [e[0] for e in events(store, "1767225600000001")] == ["created"]
+    assert [e[0] for e in events(store, "1767225600000002")] == ["created", "changed"]
+    assert archive(store)["1767225600000001"]["content_hash"] == fp.legacy_hash()
 
 
 def test_store_change_writes_one_event_with_fields(store: Store) -> None:

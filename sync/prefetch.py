@@ -1,0 +1,346 @@
+"""Reading pages ahead of the writer, so fetching and preparing overlap with database writes.
+
+Requests always stay strictly sequential (page n+1 is requested only after page n arrived),
+which the walker's drift check relies on. Two ways to overlap:
+
+* `Prefetcher`: one background thread. Cheap to start, but it shares the GIL with the writer,
+  so only network and database waits overlap.
+* `FetchProcess`: a child process with its own client fetches, parses, fingerprints and binds
+  pages and hands them over a pipe. CPU work then overlaps too, on a second core. Starting it
+  costs a few hundred milliseconds, so `Pages` uses it only for long walks, switching over
+  once the child is up.
+
+Either way at most a page or two wait ahead (flat memory), and asking for any page other than
+the next one (the walker stepping back) discards what was read ahead and restarts there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from sync.batch import Binder, prepare
+from sync.client import Client, Page, parse_page
+from sync.errors import TasksyncError
+from sync.walk import page_ids
+
+log = logging.getLogger("tasksync.pipeline")
+
+# A walk with at least this many pages still to read moves to a fetch process.
+PROCESS_MIN_PAGES = 100
+
+
+class Prefetcher:
+    """Reads pages ahead on one background thread while the caller writes."""
+
+    def __init__(
+        self, fetch: Callable[[int], Page], prepare: Callable[[Page], Any], depth: int
+    ) -> None:
+        self.fetch_one = fetch
+        self.prepare = prepare
+        self.depth = depth
+        self.thread: threading.Thread | None = None
+        self.halt = threading.Event()
+        self.queue: queue.Queue[tuple[int, Page | None, BaseException | None]] = queue.Queue()
+        self.slots = threading.Semaphore(max(1, depth))
+        self.expect = -1
+
+    def _run(
+        self, start: int, halt: threading.Event, out: queue.Queue[Any], slots: threading.Semaphore
+    ) -> None:
+        n = start
+        while not halt.is_set():
+            slots.acquire()
+            if halt.is_set():
+                return
+            try:
+                page = self.fetch_one(n)
+                page.prepared = self.prepare(page)
+            except BaseException as exc:  # handed to the caller, raised there
+                out.put((n, None, exc))
+                return
+            out.put((n, page, None))
+            if page.last or not page.tasks:
+                return
+            n += 1
+
+    def _restart(self, n: int) -> None:
+        self.close()
+        self.halt = threading.Event()
+        self.queue = queue.Queue()
+        self.slots = threading.Semaphore(self.depth)
+        self.thread = threading.Thread(
+            target=self._run, daemon=True, args=(n, self.halt, self.queue, self.slots)
+        )
+        self.thread.start()
+        self.expect = n
+
+    def __call__(self, n: int, *, final: bool = False) -> Page:
+        """Page n; with `final`, the thread reads nothing more after it."""
+        if self.depth < 1:  # no read-ahead: fetch and prepare here, one page at a time
+            here = self.fetch_one(n)
+            here.prepared = self.prepare(here)
+            return here
+        if n != self.expect or self.thread is None:
+            self._restart(n)
+        got, page, exc = self.queue.get()
+        if final:
+            self.halt.set()
+        self.slots.release()
+        if exc is not None:
+            self.thread = None
+            raise exc
+        assert page is not None and got == n
+        self.expect = n + 1
+        if page.last or not page.tasks:
+            self.thread = None  # the thread stopped at the end; a step back restarts it
+        return page
+
+    def close(self) -> None:
+        self.halt.set()
+        if self.thread is not None:
+            self.slots.release()  # wake a thread waiting for a free slot, so it sees `halt`
+        self.thread = None
+
+
+class FetchProcess:
+    """Fetches and prepares pages in a child process (see the module's docstring).
+
+    The child may run `depth` pages ahead: it ships a page only against a credit, and the
+    parent hands back one credit per page it takes, so at most `depth` pages wait in the pipe
+    and one more is being fetched. The child leaves when told, when the pipe closes, or when
+    its parent dies (it watches its parent id), so a `kill -9` of tasksync leaves no orphan.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        binder: Binder,
+        page_size: int,
+        build_rows: Callable[[], bool],
+        prepare: Callable[[Page], Any],
+        depth: int = 1,
+    ) -> None:
+        assert client.spawn_args is not None
+        self.client = client
+        self.build_rows = build_rows
+        self.prepare = prepare
+        self.depth = max(1, depth)
+        # A fresh interpreter running this module (never a fork of a process with threads,
+        # and unlike multiprocessing's spawn, never a re-run of the caller's main script).
+        mine, theirs = socket.socketpair()
+        for sock in (mine, theirs):  # room for the pages in flight without blocking the child
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2 << 20)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2 << 20)
+        here = str(Path(__file__).resolve().parent.parent)
+        path = os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sync.prefetch", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": path},
+        )
+        theirs.close()
+        self.conn = Connection(mine.detach())
+        try:
+            self.conn.send((client.spawn_args, binder, page_size, os.getpid()))
+        except OSError:  # the child is already gone
+            self.close()
+            raise
+        self.up = False
+        self.gen = 0
+        self.expect = -1
+        self.sent_hint: bool | None = None
+        self.counts = (0, 0)
+
+    def ready(self) -> bool:
+        """Whether the child is up (without waiting); raises if it failed to start."""
+        if not self.up and self.conn.poll():
+            try:
+                self.up = self.conn.recv() == ("ready",)
+            except (EOFError, OSError):
+                self.up = False
+            if not self.up:
+                raise TasksyncError("the fetch process failed to start")
+            log.info("source %s: pages now read by a fetch process", self.client.source.name)
+        return self.up
+
+    def __call__(self, n: int) -> Page:
+        hint = self.build_rows()
+        if n != self.expect:
+            self.gen += 1
+            self.conn.send(("start", self.gen, n, hint, self.depth))
+            self.sent_hint = hint
+        elif hint != self.sent_hint:
+            self.conn.send(("hint", hint))
+            self.sent_hint = hint
+        while True:
+            try:
+                gen, got, page, exc, counts = self.conn.recv()
+            except (EOFError, OSError):
+                self.expect = -1
+                raise TasksyncError("the fetch process ended unexpectedly") from None
+            self.client.requests += counts[0] - self.counts[0]
+            self.client.retries += counts[1] - self.counts[1]
+            self.counts = counts
+            if gen != self.gen:
+                continue  # read ahead before a step back: discarded
+            if exc is not None:
+                self.expect = -1
+                raise exc
+            assert got == n
+            self.conn.send(("credit", gen))
+            self.expect = n + 1
+            if page.body is not None:  # shipped as received: parse and prepare it here
+                where = f"source {self.client.source.name}: page {n}"
+                page.tasks = parse_page(orjson.loads(page.body), n, page.size, where).tasks
+                page.body = None
+                page.prepared = self.prepare(page)
+            return page  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.send(("stop",))
+        self.conn.close()
+        try:
+            self.proc.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.2)
+    os._exit(0)
+
+
+def _worker(conn: Connection) -> None:
+    """The fetch process: from `start` on, fetch, prepare and ship pages while it holds
+    credits, until the end of the list or the next command."""
+    spawn_args, binder, page_size, parent = conn.recv()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when this child stops
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    src, token, wait_initial, wait_max = spawn_args
+    client = Client(src, token=token, wait_initial=wait_initial, wait_max=wait_max)
+    gen, n, build_rows, running, credits = 0, 0, True, False, 0
+    try:
+        conn.send(("ready",))
+        while True:
+            while not running or credits < 1 or conn.poll():
+                cmd = conn.recv()
+                if cmd[0] == "stop":
+                    return
+                if cmd[0] == "start":
+                    _, gen, n, build_rows, credits = cmd
+                    running = True
+                elif cmd[0] == "hint":
+                    build_rows = cmd[1]
+                elif cmd[0] == "credit" and cmd[1] == gen:
+                    credits += 1
+            # Pages of mostly new tasks are prepared here, all but the writing; pages of
+            # mostly known tasks travel as the reply's bytes, to be fingerprinted by the parent,
+            # which is idle then (cheaper than pickling fingerprints across).
+            try:
+                page = client.query_page(n, page_size, keep_body=not build_rows)
+                ids = page_ids(page)
+                if build_rows:
+                    page.prepared = prepare(
+                        binder, src.name, page.tasks, datetime.now(UTC), build_rows=True
+                    )
+            except Exception as exc:
+                conn.send((gen, n, None, _picklable(exc), (client.requests, client.retries)))
+                running = False
+                continue
+            ship = Page(page.number, page.size, [], page.total, page.last, page.prepared, ids)
+            ship.body = page.body
+            conn.send((gen, n, ship, None, (client.requests, client.retries)))
+            credits -= 1
+            if page.last or not ids:
+                running = False
+            n += 1
+    except (EOFError, OSError):
+        return  # the parent went away
+    finally:
+        client.close()
+
+
+def _picklable(exc: Exception) -> Exception:
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return TasksyncError(f"{type(exc).__name__}: {exc}")
+    return exc
+
+
+class Pages:
+    """The page source of one walk: read-ahead on a thread, moving a long walk to a fetch
+    process as soon as that is up (when the client can be reopened there)."""
+
+    def __init__(
+        self,
+        thread: Prefetcher,
+        spawn: Callable[[], FetchProcess] | None,
+        min_pages: int | None = None,
+    ) -> None:
+        self.thread: Prefetcher | None = thread
+        self.spawn = spawn
+        self.min_pages = PROCESS_MIN_PAGES if min_pages is None else min_pages
+        self.proc: FetchProcess | None = None
+
+    def __call__(self, n: int) -> Page:
+        if self.proc is not None:
+            try:
+                if self.proc.ready():
+                    if self.thread is not None:
+                        thread, self.thread = self.thread, None
+                        if n == thread.expect and thread.depth > 0:
+                            # The thread has this page or is reading it: take it, and let the
+                            # process start at the next one, so no request is made twice.
+                            return thread(n, final=True)
+                        thread.close()
+                    return self.proc(n)
+            except TasksyncError as exc:
+                if self.proc.up:
+                    raise
+                log.warning("%s; reading on a thread instead", exc)
+                self.proc.close()
+                self.proc = None
+        assert self.thread is not None
+        page = self.thread(n)
+        if self.spawn is not None and self.proc is None and page.total and page.size:
+            if page.total // page.size - n >= self.min_pages:
+                try:
+                    self.proc = self.spawn()
+                except OSError as exc:
+                    log.warning("could not start a fetch process (%s); reading on a thread", exc)
+            self.spawn = None
+        return page
+
+    def close(self) -> None:
+        if self.thread is not None:
+            self.thread.close()
+        if self.proc is not None:
+            self.proc.close()
+
+
+if __name__ == "__main__":
+    _worker(Connection(int(sys.argv[1])))
