@@ -14,13 +14,15 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
 import stamina
 
-from sync.config import SourceSettings
+if TYPE_CHECKING:  # the fetch process runs this module without loading pydantic
+    from sync.config import SourceSettings
+
 from sync.errors import (
     AuthRefused,
     BadResponse,
@@ -111,7 +113,7 @@ class Client:
     ) -> None:
         self.source = source
         # What a fetch process needs to open the same client (none with a custom transport).
-        self.spawn_args = None if transport is not None else (source, token, wait_initial, wait_max)
+        self._reopen = None if transport is not None else (token, wait_initial, wait_max)
         self.base = source.base_url.rstrip("/")
         headers = {"Accept": "application/json", "User-Agent": "tasksync"}
         if token:
@@ -142,6 +144,14 @@ class Client:
         self.requests = 0
         self.retries = 0
         self._count_lock = threading.Lock()
+
+    @property
+    def spawn_args(self) -> tuple[Any, ...] | None:
+        """What a fetch process needs to open the same client: plain settings (none with a
+        custom transport, which cannot cross a process boundary)."""
+        if self._reopen is None:
+            return None
+        return (self.source.model_dump(), *self._reopen)
 
     def close(self) -> None:
         self.http.close()

@@ -13,8 +13,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
 from sync.errors import ConfigError
 
@@ -32,6 +30,10 @@ class DatabaseSettings(_Strict):
     @field_validator("url")
     @classmethod
     def _parse(cls, v: str) -> str:
+        # Imported here: the fetch process loads this module and has no use for SQLAlchemy.
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
         try:
             make_url(v)
         except ArgumentError:
@@ -206,6 +208,8 @@ def load(
 
 def redacted_url(url: str) -> str:
     """A database URL with its password replaced by ***."""
+    from sqlalchemy.engine import make_url
+
     return make_url(url).render_as_string(hide_password=True)
 
 

@@ -31,7 +31,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
@@ -39,6 +40,9 @@ from sync.batch import Binder, prepare
 from sync.client import Client, Page, parse_page
 from sync.errors import TasksyncError
 from sync.walk import page_ids
+
+if TYPE_CHECKING:
+    from sync.config import SourceSettings
 
 log = logging.getLogger("tasksync.pipeline")
 
@@ -239,7 +243,10 @@ def _worker(conn: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when this child stops
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-    src, token, wait_initial, wait_max = spawn_args
+    settings, token, wait_initial, wait_max = spawn_args
+    # The source's settings as plain attributes: validated in the parent already, and pydantic
+    # would cost this process a fifth of its memory.
+    src = cast("SourceSettings", SimpleNamespace(**settings))
     client = Client(src, token=token, wait_initial=wait_initial, wait_max=wait_max)
     gen, n, build_rows, running, credits = 0, 0, True, False, 0
     try:
