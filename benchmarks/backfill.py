@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -42,11 +43,48 @@ JOBS = [
 
 
 def peak_rss_mb() -> float:
-    """This job's peak RSS plus its largest child's (tasksync's fetch process, or whatever
-    helper a peer starts): an upper bound on what the job held at once."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return (own + children) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class TreeRss:
+    """Samples the resident memory of this process plus its children (tasksync's fetch
+    process, a peer's helpers) every 50 ms and keeps the largest sum. (A child's own
+    `ru_maxrss` is useless here: Linux carries the parent's size at fork across the exec.)"""
+
+    def __init__(self) -> None:
+        self.peak_kb = 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def _rss_kb(pid: int | str) -> int:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        except OSError:
+            pass
+        return 0
+
+    def _run(self) -> None:
+        me = os.getpid()
+        while not self.done.wait(0.05):
+            total = self._rss_kb(me)
+            for entry in Path("/proc").iterdir():
+                if entry.name.isdigit():
+                    try:
+                        stat = (entry / "stat").read_text()
+                    except OSError:
+                        continue
+                    if int(stat.rsplit(")", 1)[1].split()[1]) == me:
+                        total += self._rss_kb(entry.name)
+            self.peak_kb = max(self.peak_kb, total)
+
+    def stop(self) -> float:
+        self.done.set()
+        self.thread.join()
+        return max(self.peak_kb / 1024, peak_rss_mb())
 
 
 # ---- jobs (each runs in its own process) -------------------------------------------------------
@@ -208,6 +246,7 @@ def job_dlt(kind: str, base: str, tasks: int, tmp: str) -> dict[str, Any]:
 
 
 def run_job(name: str, base: str, tasks: int) -> dict[str, Any]:
+    tree = TreeRss()
     with tempfile.TemporaryDirectory() as tmp:
         kind = name.rsplit("-", 1)[-1]
         if name == "fetch":
@@ -220,7 +259,7 @@ def run_job(name: str, base: str, tasks: int) -> dict[str, Any]:
             out = job_tasksync(kind, base, tasks, tmp, again=True)
         else:
             out = job_dlt(kind, base, tasks, tmp)
-    out["peak_rss_mb"] = peak_rss_mb()
+    out["peak_rss_mb"] = tree.stop()
     return out
 
 
