@@ -35,6 +35,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, cast
 
 import orjson
+import stamina.instrumentation
 
 from sync.batch import Binder, prepare
 from sync.client import Client, Page, parse_page
@@ -242,6 +243,10 @@ def _worker(conn: Connection) -> None:
     spawn_args, binder, page_size, parent = conn.recv()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when this child stops
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Nothing printed from here: errors go to the parent, retries are counted there, and
+    # stamina's own retry log and metrics would be unformatted and unseen in this process.
+    logging.getLogger().addHandler(logging.NullHandler())
+    stamina.instrumentation.set_on_retry_hooks([])
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     settings, token, wait_initial, wait_max = spawn_args
     # The source's settings as plain attributes: validated in the parent already, and pydantic
@@ -337,7 +342,7 @@ class Pages:
             if page.total // page.size - n >= self.min_pages:
                 try:
                     self.proc = self.spawn()
-                except OSError as exc:
+                except (OSError, ValueError) as exc:  # ValueError: no pass_fds (not POSIX)
                     log.warning("could not start a fetch process (%s); reading on a thread", exc)
             self.spawn = None
         return page
@@ -350,4 +355,8 @@ class Pages:
 
 
 if __name__ == "__main__":
-    _worker(Connection(int(sys.argv[1])))
+    try:
+        _worker(Connection(int(sys.argv[1])))
+    except Exception as exc:  # the parent reports "ended unexpectedly"; one line here
+        sys.stderr.write(f"tasksync fetch process: {type(exc).__name__}: {exc}\n")
+        sys.exit(1)

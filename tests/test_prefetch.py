@@ -20,7 +20,7 @@ from sync.client import Client
 from sync.errors import AuthRefused
 from sync.models import SyncRun, Task, TaskEvent
 from sync.records import Fingerprint
-from sync.simulator import Simulator, SimulatorServer
+from sync.simulator import Faults, Simulator, SimulatorServer
 from sync.store import Store
 
 from .conftest import migrated, source_for
@@ -119,6 +119,26 @@ def test_fetch_process_backfill_under_drift_equals_truth(
         ids = [r[0] for r in conn.execute(Task.__table__.select().with_only_columns(Task.id))]
     assert len(ids) == len(set(ids))
     assert count(store, TaskEvent, kind="gone") == len(set(removed))
+
+
+def test_fetch_process_retries_a_hostile_server_quietly(
+    sqlite_store: Store,
+    serve: Callable[[Simulator], SimulatorServer],
+    early_process: None,
+    info_logs: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """429s, HTML 502s and truncated bodies met by the child are retried there, counted in
+    the run, and print nothing of their own; the archive still equals the truth."""
+    faults = Faults(rate_limit=0.2, server_error=0.1, truncated=0.05)
+    sim = Simulator(2_500, seed=13, faults=faults)
+    src = source_for(serve(sim).url, retry_attempts=12, max_requests_per_second=30)
+    with Client(src) as client:
+        report = pipeline.backfill(sqlite_store, client, src)
+    assert report.outcome == "ok" and _used_process(info_logs)
+    assert report.retries > 2 and report.requests == sim.requests  # faults included
+    assert_archive_equals_truth(sqlite_store, sim)
+    assert capfd.readouterr().err == ""
 
 
 def test_fetch_process_rebackfill_writes_nothing(
