@@ -34,3 +34,34 @@ def test_downgrade_to_base_and_back(store: Store) -> None:
     assert "tasks" not in inspect(store.engine).get_table_names()
     store.upgrade()
     assert store.current() == store.head()
+
+
+def test_postgresql_json_columns_use_lz4(store: Store) -> None:
+    """Revision 0004: on a PostgreSQL with lz4, new JSON values in tasks compress with lz4
+    (cheaper bulk upserts); downgrading restores pglz. Elsewhere it changes nothing."""
+    if store.dialect != "postgresql":
+        store.downgrade("0003")
+        store.upgrade()
+        assert store.check() == []
+        return
+
+    def methods() -> set[str]:
+        with store.engine.connect() as conn:
+            rows = conn.exec_driver_sql(
+                "SELECT attcompression FROM pg_attribute WHERE attrelid = 'tasks'::regclass "
+                "AND attname IN ('raw', 'buttons', 'properties')"
+            )
+            return {r[0] for r in rows}
+
+    with store.engine.connect() as conn:
+        lz4 = conn.exec_driver_sql(
+            "SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression'"
+        ).scalar()
+    if not lz4:  # a server built without lz4: the revision leaves the default alone
+        assert methods() == {""}
+        return
+    assert methods() == {"l"}
+    store.downgrade("0003")
+    assert methods() == {"p"}
+    store.upgrade()
+    assert methods() == {"l"}
