@@ -43,13 +43,21 @@ JOBS = [
 
 
 def peak_rss_mb() -> float:
+    """This process's own peak: VmHWM, which starts afresh at exec (ru_maxrss would carry
+    over the driver's size from the fork)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class TreeRss:
     """Samples the resident memory of this process plus its children (tasksync's fetch
-    process, a peer's helpers) every 50 ms and keeps the largest sum. (A child's own
-    `ru_maxrss` is useless here: Linux carries the parent's size at fork across the exec.)"""
+    process, a peer's helpers) every 50 ms and keeps the largest sum. (`ru_maxrss` is no use
+    for children: Linux carries the parent's size at fork across the exec.)"""
 
     def __init__(self) -> None:
         self.peak_kb = 0
