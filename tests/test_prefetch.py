@@ -25,7 +25,7 @@ from sync.simulator import Faults, Simulator, SimulatorServer
 from sync.store import Store
 
 from .conftest import migrated, source_for
-from .helpers import assert_archive_equals_truth, count, last_run
+from .helpers import archive, assert_archive_equals_truth, count, last_run
 from .test_resilience import config_file, tasksync
 
 
@@ -147,6 +147,28 @@ def test_fetch_process_retries_a_hostile_server_quietly(
     assert report.retries > 2 and report.requests == sim.requests  # faults included
     assert_archive_equals_truth(sqlite_store, sim)
     assert capfd.readouterr().err == ""
+
+
+def test_nul_characters_are_replaced_on_thread_and_process_pages(
+    store: Store,
+    serve: Callable[[Simulator], SimulatorServer],
+    early_process: None,
+    info_logs: pytest.LogCaptureFixture,
+) -> None:
+    """A page with a NUL escape is cleaned task by task (pages without one skip the scan),
+    whether the thread (page 0) or the fetch process (a late page) prepared it."""
+    sim = Simulator(1_500, seed=14)
+    for i in (1_499, 20):  # newest first: page 0, and page 14
+        sim.overrides[i] = {**sim.task(i), "prompt": "nul\x00inside", "properties": {"k\x00": 1}}
+    src = source_for(serve(sim).url, max_requests_per_second=15)
+    with Client(src) as client:
+        report = pipeline.backfill(store, client, src)
+    assert report.outcome == "ok" and report.inserted == 1_500 and _used_process(info_logs)
+    rows = archive(store)
+    for i in (1_499, 20):
+        row = rows[sim.task_id(i)]
+        assert row["prompt"] == "nul\ufffdinside" and "\x00" not in str(row["raw"])
+        assert row["properties"] == {"k\ufffd": 1}
 
 
 def test_fetch_process_rebackfill_writes_nothing(
