@@ -161,8 +161,18 @@ def _pages(
     spawnable = src.concurrency > 1 and client.spawn_args is not None and clock is utcnow
 
     def spawn() -> FetchProcess:
+        # Where rows get bound: SQLite's writer has CPU to spare while its pages are fetched
+        # (binding there measured ~7 % faster); a PostgreSQL or MariaDB writer mostly waits
+        # for its server, and binding in the fetch process measured ~20 % faster there
+        # (on PostgreSQL; MariaDB, also a server, is treated alike).
         return FetchProcess(
-            client, store.binder, src.page_size, build_rows, thread.prepare, src.concurrency - 1
+            client,
+            store.binder,
+            src.page_size,
+            build_rows,
+            thread.prepare,
+            src.concurrency - 1,
+            bind_here=store.dialect != "sqlite",
         )
 
     return Pages(thread, spawn if spawnable else None)

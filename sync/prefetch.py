@@ -141,6 +141,7 @@ class FetchProcess:
         build_rows: Callable[[], bool],
         prepare: Callable[[Page], Any],
         depth: int = 1,
+        bind_here: bool = True,
     ) -> None:
         assert client.spawn_args is not None
         self.client = client
@@ -165,7 +166,7 @@ class FetchProcess:
         theirs.close()
         self.conn = Connection(mine.detach())
         try:
-            self.conn.send((client.spawn_args, binder, page_size, os.getpid()))
+            self.conn.send((client.spawn_args, binder, page_size, bind_here, os.getpid()))
         except OSError:  # the child is already gone
             self.close()
             raise
@@ -240,7 +241,7 @@ def _watch_parent(parent: int) -> None:
 def _worker(conn: Connection) -> None:
     """The fetch process: from `start` on, fetch, prepare and ship pages while it holds
     credits, until the end of the list or the next command."""
-    spawn_args, binder, page_size, parent = conn.recv()
+    spawn_args, binder, page_size, bind_here, parent = conn.recv()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when this child stops
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # Nothing printed from here: errors go to the parent, retries are counted there, and
@@ -268,15 +269,16 @@ def _worker(conn: Connection) -> None:
                     build_rows = cmd[1]
                 elif cmd[0] == "credit" and cmd[1] == gen:
                     credits += 1
-            # Pages of mostly new tasks are prepared here, all but the writing; pages of
-            # mostly known tasks travel as the reply's bytes, to be fingerprinted by the parent,
-            # which is idle then (cheaper than pickling fingerprints across).
+            # Pages of mostly new tasks are fingerprinted here, and with `bind_here` their rows
+            # bound too; pages of mostly known tasks travel as the reply's bytes, to be
+            # fingerprinted by the parent, which is idle then (cheaper than pickling
+            # fingerprints across).
             try:
                 page = client.query_page(n, page_size, keep_body=not build_rows)
                 ids = page_ids(page)
                 if build_rows:
                     page.prepared = prepare(
-                        binder, src.name, page.tasks, datetime.now(UTC), build_rows=True
+                        binder, src.name, page.tasks, datetime.now(UTC), build_rows=bind_here
                     )
             except Exception as exc:
                 conn.send((gen, n, None, _picklable(exc), (client.requests, client.retries)))
