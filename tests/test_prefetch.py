@@ -267,3 +267,37 @@ def test_kill_9_mid_walk_leaves_no_orphan_and_resumes(db_url_sp: str, tmp_path: 
     assert sim.query_requests <= bound, (sim.query_requests, bound)
     assert count(store, SyncRun, outcome="running") == kills
     store.dispose()
+
+
+@pytest.mark.slow
+def test_sigterm_mid_walk_stops_the_fetch_process_too(sqlite_url: str, tmp_path: Path) -> None:
+    """SIGTERM while the fetch process reads: exit 0 within 5 s, the run is `interrupted`,
+    the child is gone, and the next backfill re-fetches about one page and completes."""
+    store = migrated(sqlite_url)
+    sim = Simulator(20_000, seed=15)
+    with SimulatorServer(sim) as server:
+        cfg = config_file(tmp_path, server.url, sqlite_url, max_requests_per_second=60)
+        proc = tasksync(cfg, "backfill")
+        children: list[int] = []
+        while not children and proc.poll() is None:
+            children = _children(proc.pid)
+            time.sleep(0.01)
+        while sim.query_requests < 60 and proc.poll() is None:
+            time.sleep(0.01)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and time.monotonic() - t0 < 5, err
+        assert "pages now read by a fetch process" in err
+        assert not any(_alive(c) for c in children)
+        run = last_run(store)
+        assert run["outcome"] == "interrupted" and 0 < run["inserted"] < 20_000
+        before = sim.query_requests
+        proc = tasksync(cfg, "backfill")
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    assert_archive_equals_truth(store, sim)
+    # 200 pages in all, plus at most the page being written, one ahead and one being fetched
+    # when the signal came, plus the head pass.
+    assert sim.query_requests <= 200 + 3 + 2, (sim.query_requests, before)
+    store.dispose()
