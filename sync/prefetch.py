@@ -313,11 +313,9 @@ class Pages:
         self,
         thread: Prefetcher,
         spawn: Callable[[], FetchProcess] | None,
-        min_pages: int | None = None,
     ) -> None:
         self.thread: Prefetcher | None = thread
         self.spawn = spawn
-        self.min_pages = PROCESS_MIN_PAGES if min_pages is None else min_pages
         self.proc: FetchProcess | None = None
 
     def __call__(self, n: int) -> Page:
@@ -341,7 +339,7 @@ class Pages:
         assert self.thread is not None
         page = self.thread(n)
         if self.spawn is not None and self.proc is None and page.total and page.size:
-            if page.total // page.size - n >= self.min_pages:
+            if page.total // page.size - n >= PROCESS_MIN_PAGES:
                 try:
                     self.proc = self.spawn()
                 except (OSError, ValueError) as exc:  # ValueError: no pass_fds (not POSIX)

@@ -68,7 +68,6 @@ class Record:
     id: str
     row: dict[str, Any]
     hash: str
-    raw: dict[str, Any]
     raw_json: str
 
 
@@ -197,7 +196,7 @@ def build(source: str, fp: Fingerprint) -> Record | Rejected:
         "raw": raw,
         "content_hash": fp.hash,
     }
-    return Record(fp.id, row, fp.hash, raw, fp.text)
+    return Record(fp.id, row, fp.hash, fp.text)
 
 
 def normalize(source: str, obj: Any) -> Record | Rejected:

@@ -302,33 +302,29 @@ class Store:
             log.warning("source %s: task %s not stored: %s", source, rej.id, rej.reason)
         result = SaveResult(rejected=batch.rejected, seen=len(batch.records))
         try:
+
+            def commit(conn: Connection, rows: list[Any], events: list[Event]) -> None:
+                """Rows, events and the checkpoint, under a lock checked in this transaction."""
+                if source in self.held:
+                    self.held[source].verify(conn)
+                if rows:
+                    self._write(conn, batch, rows, events, run_id, result.inserted)
+                if checkpoint and (rows or checkpoint_if_unchanged):
+                    self._write_checkpoint(conn, source, *checkpoint, run_id, now)
+
             if batch.built and not dry_run:
                 # Built ahead because most tasks were new: plan and write in one transaction.
                 with self.write() as conn:
-                    if source in self.held:
-                        self.held[source].verify(conn)
-                    rows, events = self._plan(conn, batch, result)
-                    if rows:
-                        self._write(conn, batch, rows, events, run_id, result.inserted)
-                    if checkpoint and (rows or checkpoint_if_unchanged):
-                        self._write_checkpoint(conn, source, *checkpoint, run_id, now)
+                    commit(conn, *self._plan(conn, batch, result))
                 return result
             # Plan on a plain read; open a write transaction only when there is something to
             # write. The source's writer lock keeps other writers away in between.
             with self.engine.connect() as reader:
                 rows, events = self._plan(reader, batch, result)
                 reader.rollback()
-            if dry_run:
-                return result
-            ckpt = checkpoint if checkpoint and (rows or checkpoint_if_unchanged) else None
-            if rows or ckpt:
+            if not dry_run and (rows or (checkpoint and checkpoint_if_unchanged)):
                 with self.write() as conn:
-                    if source in self.held:
-                        self.held[source].verify(conn)
-                    if rows:
-                        self._write(conn, batch, rows, events, run_id, result.inserted)
-                    if ckpt:
-                        self._write_checkpoint(conn, source, *ckpt, run_id, now)
+                    commit(conn, rows, events)
         except sa_exc.DBAPIError as exc:
             if exc.connection_invalidated or isinstance(exc, sa_exc.OperationalError):
                 raise self.db_error(exc, "saving tasks") from None
