@@ -1,7 +1,9 @@
-"""Typed, validated configuration: TOML file, environment and flags (SPEC §2, §3).
+"""Typed, validated configuration: TOML file, environment and flags.
 
 Precedence is flag > environment > config file > default. Validation errors name the file and
-the key; secrets are only ever read from `token_env` / `token_file` and never printed.
+the key and never echo a value that could be a secret; secrets are only ever read from
+`token_env` / `token_file`, checked to be one printable line when the config loads, and never
+printed.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -18,47 +21,130 @@ from sync.errors import ConfigError
 
 DEFAULT_CONFIG = Path("tasksync.toml")
 INTERVAL_RE = re.compile(r"^(\d+)\s*(s|m|h)$")
+# Dialects and the drivers tasksync installs and is tested with.
+DRIVERS = {
+    "sqlite": {"pysqlite"},
+    "postgresql": {"psycopg"},
+    "mysql": {"pymysql"},
+    "mariadb": {"pymysql"},
+}
+# Query-string keys of a database URL that carry a secret (hidden like the password).
+SECRET_URL_KEYS = {"password", "passwd", "sslpassword", "sslkey_password"}
+
+
+def _int(default: int, **bounds: Any) -> Any:
+    """An integer field: `true` or "5" are not numbers."""
+    return Field(default=default, strict=True, **bounds)
+
+
+def _float(default: float | None, **bounds: Any) -> Any:
+    """A number field: finite, and `true` is not a number."""
+    return Field(default=default, strict=True, allow_inf_nan=False, **bounds)
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def check_database_url(v: str) -> str:
+    """A SQLAlchemy URL of a dialect and driver tasksync supports."""
+    # Imported here: the fetch process loads this module and has no use for SQLAlchemy.
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(v)
+    except ArgumentError:
+        raise ValueError("not a database URL (e.g. sqlite:///tasksync.db)") from None
+    backend, _, driver = url.drivername.partition("+")
+    if backend not in DRIVERS or (driver and driver not in DRIVERS[backend]):
+        supported = "sqlite, postgresql (psycopg), mysql or mariadb (pymysql)"
+        raise ValueError(f"unsupported database {url.drivername!r}; tasksync supports {supported}")
+    return v
+
+
 class DatabaseSettings(_Strict):
     url: str = "sqlite:///tasksync.db"
 
+    _check = field_validator("url")(check_database_url)
+
+
+class QuerySettings(_Strict):
+    """`tasksync query`: an optional separate (read-only) login, and a statement timeout."""
+
+    url: str | None = None
+    timeout_s: float = _float(30.0, gt=0, le=86_400)
+
     @field_validator("url")
     @classmethod
-    def _parse(cls, v: str) -> str:
-        # Imported here: the fetch process loads this module and has no use for SQLAlchemy.
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError
+    def _url(cls, v: str | None) -> str | None:
+        return None if v is None else check_database_url(v)
 
-        try:
-            make_url(v)
-        except ArgumentError:
-            raise ValueError("not a database URL (e.g. sqlite:///tasksync.db)") from None
-        return v
+
+def check_base_url(v: str) -> str:
+    """An http(s) URL with a host and nothing secret in it: credentials go in token_env or
+    token_file, never in a URL that ends up in logs. The value itself is never echoed."""
+    where = "put the token in token_env or token_file instead"
+    if any(c.isspace() for c in v) or not v.isprintable():
+        raise ValueError("must not contain spaces or control characters")
+    try:
+        parts = urlsplit(v)
+        port = parts.port
+    except ValueError:
+        raise ValueError("is not a valid URL (check the host and the port)") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("must start with http:// or https://")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"must not contain credentials (user:password@); {where}")
+    if parts.query or v.rstrip("/").endswith("?"):
+        raise ValueError(f"must not contain a query string (?...); {where}")
+    if parts.fragment or "#" in v:
+        raise ValueError("must not contain a fragment (#...)")
+    if not parts.hostname:
+        raise ValueError("has no host")
+    if port == 0:
+        raise ValueError("has port 0")
+    return v
+
+
+def check_token(value: str, where: str) -> str:
+    """A token as it will be sent: one line of printable ASCII, surrounding whitespace
+    (a file's final newline) removed. Errors name `where`, never the value."""
+    token = value.strip()
+    if not token:
+        raise ConfigError(f"{where} is empty")
+    if "\n" in token or "\r" in token:
+        raise ConfigError(
+            f"{where} has more than one line; a token is a single line and nothing else"
+        )
+    if not token.isascii():
+        raise ConfigError(f"{where} contains non-ASCII characters; an HTTP header cannot carry it")
+    if any(not (" " <= c <= "~") for c in token):
+        raise ConfigError(f"{where} contains control characters")
+    return token
 
 
 class SourceSettings(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    base_url: str = Field(pattern=r"^https?://[^\s]+$")
+    base_url: str
     api: Literal["plus"] = "plus"
-    token_env: str | None = None
+    token_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     token_file: Path | None = None
     auth_header: Literal["mj-api-secret", "Authorization"] = "mj-api-secret"
-    page_size: int = Field(default=100, ge=1, le=100)
-    max_requests_per_second: float = Field(default=5.0, gt=0)
-    timeout_s: float = Field(default=30.0, gt=0)
-    retry_attempts: int = Field(default=6, ge=1, le=50)
-    retry_budget_s: float = Field(default=120.0, gt=0)
-    concurrency: int = Field(default=2, ge=1, le=32)
+    page_size: int = _int(100, ge=1, le=100)
+    max_requests_per_second: float = _float(5.0, gt=0, le=100_000)
+    timeout_s: float = _float(30.0, gt=0, le=3600)
+    retry_attempts: int = _int(6, ge=1, le=50)
+    retry_budget_s: float = _float(120.0, gt=0, le=86_400)
+    max_response_mb: float = _float(64.0, gt=0, le=4096)
+    concurrency: int = _int(2, ge=1, le=32)
     ca_bundle: Path | None = None
-    head_margin: int = Field(default=100, ge=1)
-    mass_gone_share: float = Field(default=0.2, ge=0, le=1)
+    head_margin: int = _int(100, ge=1, le=1_000_000)
+    mass_gone_share: float = _float(0.2, ge=0, le=1)
     sync: str | None = None
     sweep: str | None = None
+
+    _base_url = field_validator("base_url")(check_base_url)
 
     @field_validator("ca_bundle")
     @classmethod
@@ -67,31 +153,125 @@ class SourceSettings(_Strict):
             raise ValueError(f"CA bundle {v} is not a readable file")
         return v
 
+    @field_validator("sync", "sweep")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        return None if v is None else check_cron(v)
+
     @model_validator(mode="after")
     def _one_token_source(self) -> SourceSettings:
         if self.token_env and self.token_file:
             raise ValueError("set token_env or token_file, not both")
         return self
 
+    def _token_where(self) -> str:
+        if self.token_env:
+            return f"source {self.name!r}: environment variable {self.token_env} (token_env)"
+        return f"source {self.name!r}: token_file {self.token_file}"
+
     def token(self) -> str | None:
-        """The secret, read at use time from the environment or the file."""
+        """The secret, read at use time from the environment or the file, and checked."""
         if self.token_env:
             value = os.environ.get(self.token_env)
             if not value:
-                raise ConfigError(
-                    f"source {self.name!r}: environment variable {self.token_env} "
-                    "(token_env) is not set"
-                )
-            return value.strip()
+                raise ConfigError(f"{self._token_where()} is not set")
+            return check_token(value, self._token_where())
         if self.token_file:
             try:
-                return self.token_file.read_text(encoding="utf-8").strip()
+                value = self.token_file.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                raise ConfigError(f"{self._token_where()} is not UTF-8 text") from None
             except OSError as exc:
                 raise ConfigError(
-                    f"source {self.name!r}: cannot read token_file {self.token_file}: "
-                    f"{exc.strerror}"
+                    f"{self._token_where()}: cannot read it: {exc.strerror}"
                 ) from None
+            return check_token(value, self._token_where())
         return None
+
+    def check_token_if_present(self) -> None:
+        """At load time: a secret that is there must be usable; one that is missing is only an
+        error for the commands that need it."""
+        present = (self.token_env and os.environ.get(self.token_env)) or (
+            self.token_file and self.token_file.is_file()
+        )
+        if present:
+            self.token()
+
+
+def check_timezone(v: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(v)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {v!r}") from None
+    return v
+
+
+DAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
+_DOW_NAMES = {d: i for i, d in enumerate(DAYS)}
+
+
+def _dow_number(text: str) -> int:
+    if text.isascii() and text.isdigit() and int(text) <= 7:
+        return int(text) % 7
+    if text.lower() in _DOW_NAMES:
+        return _DOW_NAMES[text.lower()]
+    raise ValueError(f"bad day of week {text!r} (0-7 or sun-sat)")
+
+
+def _dow_field(dow: str) -> str:
+    """Crontab's day-of-week field as APScheduler 3 names. Numbers follow crontab (0 or 7 =
+    Sunday, 1 = Monday), not APScheduler's own (0 = Monday), so every element is expanded to
+    day names: `1-5` is mon..fri, `0-6` every day, `*/2` sun,tue,thu,sat."""
+    if dow == "*":
+        return dow
+    days: set[int] = set()
+    for part in dow.split(","):
+        rng, _, step_text = part.partition("/")
+        if step_text and not (step_text.isascii() and step_text.isdigit() and int(step_text) > 0):
+            raise ValueError(f"bad step in day of week {part!r}")
+        step = int(step_text) if step_text else 1
+        if rng == "*":
+            lo, hi = 0, 6
+        elif "-" in rng:
+            a, _, b = rng.partition("-")
+            lo, hi = _dow_number(a), _dow_number(b)
+            if b.strip() == "7":
+                hi = 7  # 5-7: Friday to Sunday
+            if hi < lo:
+                raise ValueError(f"day-of-week range {rng!r} runs backwards")
+        else:
+            lo = _dow_number(rng)
+            hi = 6 if step_text else lo
+        days.update(d % 7 for d in range(lo, hi + 1, step))
+    return ",".join(DAYS[d] for d in sorted(days))
+
+
+def cron_fields(cron: str) -> dict[str, str]:
+    """The five crontab fields as APScheduler CronTrigger arguments."""
+    fields = cron.split()
+    if len(fields) != 5:
+        raise ValueError(f"expected 5 fields (minute hour day month weekday), got {len(fields)}")
+    minute, hour, day, month, dow = fields
+    return {
+        "minute": minute,
+        "hour": hour,
+        "day": day,
+        "month": month,
+        "day_of_week": _dow_field(dow),
+    }
+
+
+def check_cron(v: str) -> str:
+    """A crontab expression APScheduler accepts (checked by building its trigger)."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger(**cron_fields(v), timezone="UTC")
+    except ValueError as exc:
+        raise ValueError(f"bad cron expression {v!r}: {exc}") from None
+    return v
 
 
 class ScheduleSettings(_Strict):
@@ -100,20 +280,27 @@ class ScheduleSettings(_Strict):
     timezone: str = "UTC"
     every: str | None = None
     sweep_every: str | None = None
-    run_at_start: bool = True
-    misfire_grace_s: int = Field(default=300, ge=1)
-    shutdown_timeout_s: float = Field(default=30.0, gt=0)
+    run_at_start: bool = Field(default=True, strict=True)
+    misfire_grace_s: int = _int(300, ge=1)
+    shutdown_timeout_s: float = _float(30.0, gt=0, le=3600)
+
+    _tz = field_validator("timezone")(check_timezone)
+
+    @field_validator("sync", "sweep")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        return check_cron(v)
 
     @field_validator("every", "sweep_every")
     @classmethod
     def _interval(cls, v: str | None) -> str | None:
-        if v is not None and not INTERVAL_RE.match(v):
+        if v is not None and (not INTERVAL_RE.match(v) or interval_seconds(v) == 0):
             raise ValueError("an interval like '30s', '5m' or '1h'")
         return v
 
 
 class MetricsSettings(_Strict):
-    port: int | None = Field(default=None, ge=0, le=65535)
+    port: int | None = Field(default=None, strict=True, ge=0, le=65535)
     host: str = "127.0.0.1"
 
 
@@ -122,6 +309,7 @@ class Settings(_Strict):
     sources: list[SourceSettings] = []
     schedule: ScheduleSettings = ScheduleSettings()
     metrics: MetricsSettings = MetricsSettings()
+    query: QuerySettings = QuerySettings()
     path: Path | None = Field(default=None, exclude=True)
 
     @field_validator("sources")
@@ -203,20 +391,28 @@ def load(
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, where)) from None
+    for src in settings.sources:
+        src.check_token_if_present()
     return settings.model_copy(update={"path": path})
 
 
 def redacted_url(url: str) -> str:
-    """A database URL with its password replaced by ***."""
+    """A database URL with its password (and any secret query parameter) replaced by ***."""
     from sqlalchemy.engine import make_url
 
-    return make_url(url).render_as_string(hide_password=True)
+    u = make_url(url)
+    hidden = {k: "***" for k in u.query if k.lower() in SECRET_URL_KEYS}
+    if hidden:
+        u = u.update_query_dict(hidden)
+    return u.render_as_string(hide_password=True)
 
 
 def effective_view(settings: Settings) -> dict[str, Any]:
     """The settings as `config check` prints them: secrets redacted, token sources named."""
     out: dict[str, Any] = settings.model_dump(mode="json", exclude={"path"})
     out["database"]["url"] = redacted_url(settings.database.url)
+    if settings.query.url:
+        out["query"]["url"] = redacted_url(settings.query.url)
     for src, view in zip(settings.sources, out["sources"], strict=True):
         if src.token_env:
             state = "set" if os.environ.get(src.token_env) else "NOT SET"

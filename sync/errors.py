@@ -4,8 +4,11 @@
     ├── ConfigError               bad config file, flag or environment value    (exit 2)
     ├── QueryRefused              `tasksync query` input that could write       (exit 2)
     ├── ServerError               the task server failed us after retries       (exit 1)
-    │   ├── ServerUnreachable     connection refused, DNS, timeouts
-    │   ├── BadResponse           not JSON, wrong shape, HTML from a proxy, truncated body
+    │   ├── ServerUnreachable     connection refused, DNS, timeouts, a request past its deadline
+    │   ├── BadResponse           not JSON, wrong shape, HTML from a proxy, truncated body,
+    │   │                         a reply larger than max_response_mb
+    │   ├── RunawayList           a list that never ends (pages past the server's own count,
+    │   │                         or the same page over and over)
     │   ├── ServerRefused         HTTP 200 with {"success": false, "message": ...}
     │   ├── HTTPStatusError       an HTTP error status that retries did not cure
     │   └── AuthRefused           401/403: the server refused the token        (exit 2)
@@ -14,10 +17,23 @@
     └── LockHeld                  another process is syncing this source       (exit 3)
 
 Library code raises these; only `sync/cli.py` turns them into messages and exit codes. Messages
-are one line and never contain a secret (the client never puts a token in a message).
+are one line and never contain a secret (the client never puts a token in a message). Text that
+comes from a server (its messages, ids, content types) passes through `printable` first, so it
+cannot forge log lines or carry terminal escape codes.
 """
 
 from __future__ import annotations
+
+MAX_QUOTED = 300
+
+
+def printable(text: object, limit: int = MAX_QUOTED) -> str:
+    """Untrusted text made safe to print: one line, control and other unprintable characters
+    escaped (as in a Python string literal), cut to `limit` characters."""
+    s = text if isinstance(text, str) else str(text)
+    if not s.isprintable():
+        s = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in s)
+    return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
 class TasksyncError(Exception):
@@ -51,7 +67,12 @@ class BadResponse(ServerError):
 
 
 class ServerRefused(ServerError):
-    """An HTTP 200 reply that says `success: false`."""
+    """An HTTP 200 reply that says `success: false` (after retries)."""
+
+
+class RunawayList(ServerError):
+    """A walk that would never end: the server keeps answering past its own page count, or with
+    the same page again and again."""
 
 
 class HTTPStatusError(ServerError):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import threading
 import time
@@ -25,7 +24,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from sync import pipeline
 from sync.client import Client
-from sync.config import Settings, SourceSettings, interval_seconds
+from sync.config import Settings, SourceSettings, cron_fields, interval_seconds
 from sync.errors import ConfigError, LockHeld, TasksyncError
 from sync.metrics import Metrics
 from sync.store import Store
@@ -43,24 +42,9 @@ def trigger(cron: str, every: str | None, tz: ZoneInfo) -> Any:
         seconds = interval_seconds(every)
         return IntervalTrigger(seconds=seconds, timezone=tz, jitter=min(seconds / 2, 10))
     try:
-        return CronTrigger(**_cron_fields(cron), timezone=tz, jitter=10)
+        return CronTrigger(**cron_fields(cron), timezone=tz, jitter=10)
     except ValueError as exc:
         raise ConfigError(f"bad cron expression {cron!r}: {exc}") from None
-
-
-DAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
-
-
-def _cron_fields(cron: str) -> dict[str, str]:
-    """Crontab fields for CronTrigger. Day-of-week numbers follow crontab (0 or 7 = Sunday),
-    not APScheduler 3's own numbering (0 = Monday), so they are passed as names."""
-    fields = cron.split()
-    if len(fields) != 5:
-        raise ValueError(f"expected 5 fields (minute hour day month weekday), got {len(fields)}")
-    minute, hour, day, month, dow = fields
-    if "/" not in dow:
-        dow = re.sub(r"\d+", lambda m: DAYS[int(m.group()) % 7], dow)
-    return {"minute": minute, "hour": hour, "day": day, "month": month, "day_of_week": dow}
 
 
 class Daemon:
