@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from sync.records import Fingerprint, Record, Rejected, build, fingerprint
+from sync.records import Fingerprint, Record, Rejected, build, fingerprint, task_id
 
 
 class Built(NamedTuple):
@@ -79,10 +79,13 @@ class Binder:
         return p if self.pick is None else self.pick(p)
 
     def built(self, source: str, fp: Fingerprint, at: Any) -> Built | Rejected:
-        rec = build(source, fp)
-        if isinstance(rec, Rejected):
-            return rec
-        return Built(rec.row["status"], rec.row["progress"], self.params(rec, at))
+        try:
+            rec = build(source, fp)
+            if isinstance(rec, Rejected):
+                return rec
+            return Built(rec.row["status"], rec.row["progress"], self.params(rec, at))
+        except Exception as exc:  # one odd task is rejected alone, never the whole run
+            return Rejected(fp.id, f"cannot be stored: {type(exc).__name__}")
 
 
 def prepare(
@@ -98,7 +101,10 @@ def prepare(
     records: dict[str, Fingerprint] = {}
     rejects: list[Rejected] = []
     for obj in tasks:
-        fp = fingerprint(obj)
+        try:
+            fp = fingerprint(obj)
+        except Exception as exc:  # one odd task is rejected alone, never the whole run
+            fp = Rejected(task_id(obj), f"cannot be read: {type(exc).__name__}")
         if isinstance(fp, Rejected):
             rejects.append(fp)
             continue

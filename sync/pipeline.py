@@ -21,8 +21,9 @@ from sync.config import SourceSettings
 from sync.errors import TasksyncError
 from sync.models import RUN_COUNTERS
 from sync.prefetch import FetchProcess, Pages, Prefetcher
+from sync.records import task_id
 from sync.store import SaveResult, Store
-from sync.walk import Cursor, WalkStats, page_ids, walk
+from sync.walk import Cursor, Runaway, WalkStats, page_ids, walk
 
 log = logging.getLogger("tasksync.pipeline")
 
@@ -100,6 +101,8 @@ def run_recorded(
         try:
             body(report)
             report.outcome = "ok"
+        except Interrupted:
+            report.outcome = "interrupted"
         finally:
             report.requests, report.retries = client.requests - req0, client.retries - ret0
             report.duration_s = time.monotonic() - t0
@@ -202,7 +205,7 @@ def backfill(
         pages = _pages(store, client, src, clock, hint)
         try:
             last_checkpoint = time.monotonic()
-            for page, cursor in walk(pages, start, stats):
+            for page, cursor in walk(pages, start, stats, where=f"source {src.name}"):
                 at = ("backfill", cursor.page, cursor.last_id, cursor.total)
                 # Pages that change nothing move the checkpoint only every few seconds: a
                 # re-walk of an unchanged archive then writes (almost) nothing.
@@ -245,7 +248,7 @@ def _save_unseen(
     dry_run: bool,
 ) -> SaveResult:
     """Save tasks not already handled in this run (so dry-run counts are not doubled)."""
-    fresh = [t for t in tasks if not (isinstance(t, dict) and str(t.get("id")) in seen)]
+    fresh = [t for t in tasks if task_id(t) not in seen]
     res = store.save(src.name, fresh, report.run_id, clock(), dry_run=dry_run)
     report.absorb(res)
     seen.update(res.statuses)
@@ -269,10 +272,12 @@ def _head_pass(
     """
     known_run = 0
     page_no = 0
+    runaway = Runaway(f"source {src.name}")
     while True:
         page = client.query_page(page_no, src.page_size)
         report.pages += 1
         ids = page_ids(page)
+        runaway.check(page_no, page.total, ids)
         res = _save_unseen(store, src, page.tasks, seen, report, clock, dry_run)
         for tid in ids:
             known_run = 0 if tid in res.new_ids else known_run + 1
@@ -323,7 +328,7 @@ def sweep(
         hint = NewShare()
         pages = _pages(store, client, src, clock, hint)
         try:
-            for page, _cursor in walk(pages, None, stats):
+            for page, _cursor in walk(pages, None, stats, where=f"source {src.name}"):
                 report.pages += 1
                 fresh = {k: v for k, v in page.prepared.records.items() if k not in seen}
                 if len(fresh) < len(page.prepared.records):  # repeats: count each task once

@@ -34,11 +34,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, cast
 
-import orjson
 import stamina.instrumentation
 
 from sync.batch import Binder, prepare
-from sync.client import Client, Page, parse_page
+from sync.client import Client, Page, loads, parse_page
 from sync.errors import TasksyncError
 from sync.walk import page_ids
 
@@ -216,7 +215,7 @@ class FetchProcess:
             self.expect = n + 1
             if page.body is not None:  # shipped as received: parse and prepare it here
                 where = f"source {self.client.source.name}: page {n}"
-                page.tasks = parse_page(orjson.loads(page.body), n, page.size, where).tasks
+                page.tasks = parse_page(loads(page.body), n, page.size, where).tasks
                 page.body = None
                 page.prepared = self.prepare(page)
             return page  # type: ignore[no-any-return]

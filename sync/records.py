@@ -8,6 +8,7 @@ become U+FFFD; a progress text longer than 64 characters is cut) or turns the ta
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -99,6 +100,11 @@ def _text(value: Any) -> str | None:
 MAX_MS = 253402300799000  # 9999-12-31
 
 
+def is_digits(text: str) -> bool:
+    """ASCII digits only: `str.isdigit` also accepts '²' or '٣', which `int()` then refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def epoch_ms(value: Any) -> int | None:
     """Epoch milliseconds from an int, float or digit string; None, 0 and junk give None."""
     if type(value) is int:
@@ -107,10 +113,14 @@ def epoch_ms(value: Any) -> int | None:
         return None
     elif isinstance(value, str):
         value = value.strip()
-        if not value.lstrip("-").isdigit():
+        if not is_digits(value.removeprefix("-")):
             return None
         ms = int(value)
-    elif isinstance(value, int | float):
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        ms = int(value)
+    elif isinstance(value, int):
         ms = int(value)
     else:
         return None
@@ -135,25 +145,36 @@ def content_hash(blob: bytes) -> str:
     return "x" + xxhash.xxh3_128_hexdigest(blob)[:31]
 
 
+def task_id(obj: Any) -> str | None:
+    """A task's id as the archive stores it (a string, NUL characters replaced), or None when
+    it has none. The one place ids are read: saving, walking and sweeping agree on them."""
+    if type(obj) is not dict:
+        return None
+    raw_id = obj.get("id")
+    if raw_id is None or isinstance(raw_id, bool | dict | list):
+        return None
+    text: str = _clean(raw_id if type(raw_id) is str else str(raw_id))
+    return text if text.strip() else None
+
+
 def fingerprint(obj: Any) -> Fingerprint | Rejected:
     """Id, content hash and canonical JSON of one task object, or why it can't be stored."""
     if type(obj) is not dict:
         return Rejected(None, f"task is a JSON {type(obj).__name__}, not an object")
-    raw_id = obj.get("id")
-    if raw_id is None or isinstance(raw_id, bool | dict | list) or str(raw_id).strip() == "":
+    tid = task_id(obj)
+    if tid is None:
         return Rejected(None, "task has no id")
-    task_id = _clean(raw_id if type(raw_id) is str else str(raw_id))
-    if len(task_id) > MAX_ID:
-        return Rejected(task_id[:80] + "…", f"id longer than {MAX_ID} characters")
+    if len(tid) > MAX_ID:
+        return Rejected(tid[:80] + "…", f"id longer than {MAX_ID} characters")
     try:
         blob = orjson.dumps(obj, option=JSON_OPTS)
     except (TypeError, orjson.JSONEncodeError) as exc:
-        return Rejected(task_id, f"task cannot be serialised: {exc}")
+        return Rejected(tid, f"task cannot be serialised: {exc}")
     raw: dict[str, Any] = obj
     if b"\\u0000" in blob:  # rare: only then walk the object to replace NULs
         raw = _clean(obj)
         blob = orjson.dumps(raw, option=JSON_OPTS)
-    return Fingerprint(task_id, content_hash(blob), raw, blob, None)
+    return Fingerprint(tid, content_hash(blob), raw, blob, None)
 
 
 def build(source: str, fp: Fingerprint) -> Record | Rejected:

@@ -16,15 +16,23 @@ server reported when that page was read. Reading page q then falls into one of f
 A walk that needs more than `max_backs` repairs in a row gives up repairing and says so
 (`unrepaired`), so a sweep never marks tasks gone on the strength of an unsound walk. A page
 that is not sorted by id makes drift undetectable (`verified = False`), with the same effect.
+
+A list that never ends is stopped by `Runaway` (RunawayList): a page number past what the
+server's own totals allow (by a margin), or the same page content several times in a row.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from sync.client import Page
+from sync.errors import RunawayList
+from sync.records import is_digits, task_id
+
+REPEATS = 3  # the same page content this many times in a row ends a walk
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,15 +53,55 @@ class WalkStats:
     complete: bool = False
 
 
-def id_key(task_id: str) -> tuple[int, int | str]:
-    """Server order for ids: numerically for digit strings, else as text."""
-    return (0, int(task_id)) if task_id.isdigit() else (1, task_id)
+def id_key(tid: str) -> tuple[int, int | str]:
+    """Server order for ids: numerically for ASCII digit strings, else as text."""
+    return (0, int(tid)) if is_digits(tid) else (1, tid)
 
 
 def page_ids(page: Page) -> list[str]:
+    """The ids on a page, as the archive stores them."""
     if page.ids is not None:
         return page.ids
-    return [str(t["id"]) for t in page.tasks if isinstance(t, dict) and t.get("id") is not None]
+    return [tid for tid in map(task_id, page.tasks) if tid is not None]
+
+
+class Runaway:
+    """Stops a walk over a list that never ends (RunawayList), checked on each page read in
+    order: past the page count the server's largest total implies, plus a margin (a live list
+    grows while it is read), or the same ids as the page before on each step forward, without
+    the total growing by a page, for `REPEATS` pages running."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.total = 0
+        self.size = 0
+        self.last: tuple[int, list[str], int | None] | None = None
+        self.repeats = 0
+
+    def check(self, number: int, total: int | None, ids: list[str]) -> None:
+        self.total = max(self.total, total or 0)
+        self.size = max(self.size, len(ids))  # what the server really serves per page
+        if total is not None and self.size:
+            pages = math.ceil(self.total / self.size)
+            if number >= pages + max(10, pages // 10):
+                raise RunawayList(
+                    f"{self.where}: the task list did not end: page {number} is past the "
+                    f"{pages} pages its own total of {self.total} tasks makes; stopped"
+                )
+        # Only a step forward counts (a page read again after a step back may well repeat),
+        # and only when arrivals cannot explain it: a whole page of new tasks pushes the same
+        # tasks onto the next page, and the total then grows by at least a page.
+        same = False
+        if self.last is not None and ids and number == self.last[0] + 1 and ids == self.last[1]:
+            before = self.last[2]
+            same = total is None or before is None or total - before < len(ids)
+        self.repeats = self.repeats + 1 if same else 0
+        self.last = (number, ids, total)
+        if self.repeats >= REPEATS - 1:
+            raise RunawayList(
+                f"{self.where}: the task list did not end: the server returned the same "
+                f"{len(ids)} tasks for {REPEATS} pages in a row (up to page {number}); stopped"
+            )
 
 
 def _sorted_desc(ids: list[str]) -> bool:
@@ -66,11 +114,13 @@ def walk(
     start: Cursor | None = None,
     stats: WalkStats | None = None,
     max_backs: int = 5,
+    where: str = "walk",
 ) -> Iterator[tuple[Page, Cursor]]:
     """Yield every page read, with the cursor to resume from once that page is saved."""
     st = stats if stats is not None else WalkStats()
     cur = start or Cursor()
     backs_in_row = 0
+    runaway = Runaway(where)
     while True:
         page = fetch(cur.page)
         st.fetches += 1
@@ -100,6 +150,7 @@ def walk(
             contiguous = True
         if contiguous:
             backs_in_row = 0
+            runaway.check(q, page.total, ids)
             nxt = Cursor(q + 1, ids[-1] if ids else c, page.total)
             yield page, nxt
             if page.last or not ids:

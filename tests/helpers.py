@@ -151,3 +151,84 @@ class TcpProxy:
             except OSError:
                 pass
         self.conns.clear()
+
+
+class HostileServer:
+    """A raw HTTP/1.1 server on loopback whose replies a test scripts byte by byte: `respond`
+    gets (method, path, headers, body) and returns the chunks to send, each with a delay
+    before it. It can trickle, lie about lengths, send bombs, or never end."""
+
+    def __init__(self, respond: Any) -> None:
+        import socket
+        import threading
+
+        self.respond = respond
+        self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(32)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.stopping = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self.stopping:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: Any) -> None:
+        import time
+
+        with contextlib.suppress(OSError), conn:
+            f = conn.makefile("rb")
+            while not self.stopping:
+                line = f.readline()
+                if not line:
+                    return
+                method, path, _ = line.decode("latin-1").split(" ", 2)
+                headers: dict[str, str] = {}
+                while (h := f.readline()) not in (b"\r\n", b"\n", b""):
+                    k, _, v = h.decode("latin-1").partition(":")
+                    headers[k.strip().lower()] = v.strip()
+                body = f.read(int(headers.get("content-length") or 0))
+                self.requests.append((method, path, headers, body))
+                for delay, chunk in self.respond(method, path, headers, body):
+                    if self.stopping:
+                        return
+                    if delay:
+                        time.sleep(delay)
+                    conn.sendall(chunk)
+
+    def close(self) -> None:
+        self.stopping = True
+        self.sock.close()
+
+    def __enter__(self) -> HostileServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def http_reply(
+    body: bytes, status: str = "200 OK", ctype: str = "application/json", **headers: str
+) -> bytes:
+    """A whole HTTP/1.1 reply with a Content-Length (unless headers give one)."""
+    extra = "".join(f"{k.replace('_', '-')}: {v}\r\n" for k, v in headers.items())
+    length = "" if "content_length" in headers else f"Content-Length: {len(body)}\r\n"
+    head = f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n{length}{extra}\r\n"
+    return head.encode("latin-1") + body
+
+
+def spring_page(tasks: list[Any], number: int, total: int, last: bool) -> bytes:
+    import orjson
+
+    return orjson.dumps(
+        {"content": tasks, "number": number, "totalElements": total, "last": last, "size": 100}
+    )

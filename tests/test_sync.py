@@ -158,3 +158,18 @@ def test_dry_run_writes_nothing_not_even_a_run(store: Store) -> None:
     assert inc.inserted == 7 and inc.changed >= 1
     assert sw.inserted == 7 and sw.gone == 3 and sw.changed >= 1
     assert (count(store, SyncRun), count(store, TaskEvent), count(store, Task)) == (runs, evs, 300)
+
+
+def test_dry_run_stopped_by_a_signal_is_interrupted_not_an_error(sqlite_store: Store) -> None:
+    """Ctrl-C during `sync --dry-run` ends the run as interrupted (no internal error)."""
+    import threading
+
+    sim = Simulator(300)
+    client, src = setup(sqlite_store, sim)
+    pipeline.backfill(sqlite_store, client, src)
+    sim.arrive(5)
+    stop = threading.Event()
+    stop.set()
+    for run in (pipeline.incremental, pipeline.sweep):
+        report = run(sqlite_store, client, src, dry_run=True, stop=stop)  # type: ignore[operator]
+        assert report.outcome == "interrupted" and report.pages == 1

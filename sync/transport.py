@@ -1,0 +1,189 @@
+"""Bounded HTTP underneath the client: a deadline on the whole request, a byte cap on the reply.
+
+httpx's `timeout` bounds each socket read, so a server that sends one byte a second keeps a
+request alive forever, and a 300 KB gzip body can inflate to 300 MB in memory. Here:
+
+* every socket connect, read and write of a request waits at most until that request's
+  deadline (`Deadline`, per thread), through a network backend under httpx's connection pool;
+* a reply is read raw and decompressed by `read_capped` with zlib's `max_length`, so no more
+  than the cap plus one chunk is ever held, whatever the compression ratio.
+
+Only `sync.client` uses this module; neither knows anything about databases.
+"""
+
+from __future__ import annotations
+
+import ssl
+import threading
+import time
+import zlib
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import httpcore
+import httpx
+
+ACCEPT_ENCODING = "gzip, deflate"  # what `read_capped` can decode with a bound
+CHUNK = 64 * 1024
+
+
+class TooLarge(Exception):
+    """The reply is larger than the cap."""
+
+
+class BadEncoding(Exception):
+    """A Content-Encoding we do not decode, or a corrupt compressed body."""
+
+
+class Deadline(threading.local):
+    """When the current thread's request must be done (time.monotonic), or None."""
+
+    at: float | None = None
+
+    def bound(self, timeout: float | None, kind: type[Exception]) -> float | None:
+        """`timeout` shortened to what is left before the deadline; past it, raise `kind`."""
+        if self.at is None:
+            return timeout
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise kind("the request's deadline passed")
+        return left if timeout is None else min(timeout, left)
+
+
+class _Stream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream, deadline: Deadline) -> None:
+        self._inner = inner
+        self._deadline = deadline
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, self._deadline.bound(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, self._deadline.bound(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        left = self._deadline.bound(timeout, httpcore.ConnectTimeout)
+        return _Stream(self._inner.start_tls(ssl_context, server_hostname, left), self._deadline)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _Backend(httpcore.NetworkBackend):
+    def __init__(self, deadline: Deadline) -> None:
+        self._inner = httpcore.SyncBackend()
+        self._deadline = deadline
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        left = self._deadline.bound(timeout, httpcore.ConnectTimeout)
+        inner = self._inner.connect_tcp(host, port, left, local_address, socket_options)
+        return _Stream(inner, self._deadline)
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
+        left = self._deadline.bound(timeout, httpcore.ConnectTimeout)
+        return _Stream(self._inner.connect_unix_socket(path, left, socket_options), self._deadline)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+class DeadlineTransport(httpx.HTTPTransport):
+    """httpx's own transport, over a connection pool whose sockets honour `deadline`.
+
+    It connects directly: proxy settings from the environment are not used."""
+
+    def __init__(
+        self, deadline: Deadline, *, verify: ssl.SSLContext | bool, limits: httpx.Limits
+    ) -> None:
+        super().__init__(verify=verify, limits=limits)
+        # httpx offers no way to pass a network backend to the pool it builds, so the pool is
+        # built again with one (the same arguments httpx uses, plus the backend).
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(verify=verify),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=_Backend(deadline),
+        )
+
+
+class _Decoder:
+    """Decompresses a Content-Encoding incrementally, never producing more than `room` bytes
+    at a time (zlib's `max_length`), so a compression bomb inflates no further than the cap."""
+
+    def __init__(self, encoding: str) -> None:
+        enc = encoding.strip().lower()
+        self.z: Any = None
+        self.first = True
+        self.raw_fallback = False
+        if enc in ("", "identity"):
+            return
+        if enc in ("gzip", "x-gzip"):
+            self.z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif enc == "deflate":
+            # Servers send zlib-wrapped or raw deflate under this name; try the former first.
+            self.z = zlib.decompressobj()
+            self.raw_fallback = True
+        else:
+            raise BadEncoding(f"Content-Encoding {enc!r} is not supported")
+
+    def feed(self, chunk: bytes, room: int) -> Iterator[bytes]:
+        if self.z is None:
+            yield chunk
+            return
+        data = chunk
+        while data:
+            try:
+                out = self.z.decompress(data, room + 1)
+            except zlib.error as exc:
+                if self.first and self.raw_fallback:
+                    self.z, self.raw_fallback = zlib.decompressobj(-zlib.MAX_WBITS), False
+                    continue
+                raise BadEncoding(f"corrupt compressed body ({exc})") from None
+            self.first = False
+            yield out
+            room -= len(out)
+            data = self.z.unconsumed_tail
+            if room < 0 or self.z.eof:
+                return
+
+
+def read_capped(resp: httpx.Response, limit: int, deadline: Deadline) -> bytes:
+    """The reply's decoded body, or TooLarge once it passes `limit` bytes; a deadline that
+    passes while reading raises httpx.ReadTimeout."""
+    if resp.is_stream_consumed:  # built in memory (a MockTransport's reply): already decoded
+        if len(resp.content) > limit:
+            raise TooLarge(f"more than {limit} bytes")
+        return resp.content
+    declared = resp.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        encoding = resp.headers.get("content-encoding", "identity").strip().lower()
+        if encoding in ("", "identity"):
+            raise TooLarge(f"{int(declared)} bytes announced")
+    decoder = _Decoder(resp.headers.get("content-encoding", ""))
+    body = bytearray()
+    for raw in resp.iter_raw(CHUNK):
+        for part in decoder.feed(raw, limit - len(body)):
+            body += part
+            if len(body) > limit:
+                raise TooLarge(f"more than {limit} bytes")
+        if deadline.at is not None and time.monotonic() > deadline.at:
+            raise httpx.ReadTimeout("the request's deadline passed")
+    return bytes(body)
