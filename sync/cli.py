@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import logging
+import math
 import os
 import signal
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -82,6 +84,7 @@ class App:
         from sync.store import Store
 
         store = Store(self.settings.database.url)
+        click.get_current_context().call_on_close(store.dispose)
         store.ping()
         if migrate_check:
             store.require_current()
@@ -159,6 +162,35 @@ def db_current(app: App) -> None:
     """Print the database's schema revision and the newest one tasksync knows."""
     store = app.store(migrate_check=False)
     click.echo(f"current: {store.current() or 'none'}  head: {store.head()}")
+
+
+@db.command("grant-reader")
+@click.argument("name")
+@click.option(
+    "--password-env",
+    metavar="VAR",
+    help="Set the login's password from this environment variable.",
+)
+@click.option("--host", default="%", show_default=True, help="MariaDB: the host part of the user.")
+@click.option("--print", "print_only", is_flag=True, help="Print the statements; change nothing.")
+@pass_app
+def db_grant_reader(
+    app: App, name: str, password_env: str | None, host: str, print_only: bool
+) -> None:
+    """Create a login that can only read the archive (for [query] url)."""
+    password = None
+    if password_env and not print_only:
+        password = os.environ.get(password_env)
+        if not password:
+            raise ConfigError(f"--password-env {password_env}: the variable is not set")
+    store = app.store(migrate_check=False)
+    for stmt in store.grant_reader(name, password, host=host, execute=not print_only):
+        click.echo(f"{stmt};")
+    if print_only:
+        if password_env:
+            click.echo("-- the password is left out of what is printed; set it yourself")
+    else:
+        click.echo(f"-- done: {name} can read the archive; set [query] url to log in as it")
 
 
 @db.command("check")
@@ -275,7 +307,9 @@ def run_each(app: App, name: str | None, job: Callable[[Any, Any, SourceSettings
         except TasksyncError as exc:
             if len(sources) == 1:
                 raise
-            log.error("source %s: %s", src.name, exc)
+            text = str(exc)
+            named = text.startswith((f"source {src.name}", f"source {src.name!r}"))
+            log.error("%s", text if named else f"source {src.name}: {text}")
             worst = exc if worst is None or exc.exit_code > worst.exit_code else worst
         finally:
             client.close()
@@ -349,30 +383,50 @@ def _cell(v: Any) -> Any:
     return v
 
 
-def render(cols: list[str], rows: list[tuple[Any, ...]], fmt: str) -> str:
-    rows = [tuple(_cell(v) for v in r) for r in rows]
+TABLE_SAMPLE = 500  # rows read before a table's column widths are fixed
+
+
+def render(cols: list[str], rows: Iterable[tuple[Any, ...]], fmt: str) -> Iterator[str]:
+    """Rows as table, CSV or JSON text, produced as they come (never all in memory)."""
+    it = (tuple(_cell(v) for v in r) for r in rows)
     if fmt == "json":
-        return json.dumps(
-            [dict(zip(cols, r, strict=True)) for r in rows],
-            ensure_ascii=False,
-            default=str,
-            indent=1,
-        )
+        yield "["
+        for n, r in enumerate(it):
+            doc = json.dumps(dict(zip(cols, r, strict=True)), ensure_ascii=False, default=str)
+            yield (" " if n == 0 else ",") + doc
+        yield "]"
+        return
     if fmt == "csv":
         buf = io.StringIO()
-        w = csv.writer(buf)
+        w = csv.writer(buf, lineterminator="\n")
         w.writerow(cols)
-        w.writerows(rows)
-        return buf.getvalue().rstrip("\n")
-    cells = [[("" if v is None else str(v)).replace("\n", " ")[:60] for v in r] for r in rows]
-    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
-    lines = [
-        "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)),
-        "  ".join("-" * w for w in widths),
-    ]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
-    lines.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
-    return "\n".join(lines)
+        for r in it:
+            w.writerow(r)
+            if buf.tell() > 65536:
+                yield buf.getvalue().rstrip("\n")
+                buf.seek(0)
+                buf.truncate()
+        rest = buf.getvalue().rstrip("\n")
+        if rest:
+            yield rest
+        return
+
+    def cells(r: tuple[Any, ...]) -> list[str]:
+        return [("" if v is None else str(v)).replace("\n", " ")[:60] for v in r]
+
+    head = [cells(r) for r in itertools.islice(it, TABLE_SAMPLE)]
+    widths = [max([len(c)] + [len(r[i]) for r in head]) for i, c in enumerate(cols)]
+
+    def line(values: list[str]) -> str:
+        return "  ".join(v[:w].ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()
+
+    yield line(cols)
+    yield "  ".join("-" * w for w in widths)
+    n = 0
+    for values in itertools.chain(head, map(cells, it)):
+        n += 1
+        yield line(values)
+    yield f"({n} row{'s' if n != 1 else ''})"
 
 
 @cli.command()
@@ -384,14 +438,25 @@ def render(cols: list[str], rows: list[tuple[Any, ...]], fmt: str) -> str:
     default="table",
     show_default=True,
 )
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=float,
+    metavar="SECONDS",
+    help="Stop the statement after this long (default: [query] timeout_s, 30).",
+)
 @pass_app
-def query(app: App, sql: str, fmt: str) -> None:
+def query(app: App, sql: str, fmt: str, timeout_s: float | None) -> None:
     """Run one read-only SQL statement over the archive; writes are refused."""
-    from sync.store import Store
+    from sync import readonly
 
-    store = Store(app.settings.database.url)
-    cols, rows = store.readonly_query(sql)
-    click.echo(render(cols, rows, fmt))
+    settings = app.settings
+    timeout = settings.query.timeout_s if timeout_s is None else timeout_s
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise ConfigError("--timeout: a number of seconds greater than 0")
+    with readonly.run(settings.query.url or settings.database.url, sql, timeout) as (cols, rows):
+        for text in render(cols, rows, fmt):
+            click.echo(text)
 
 
 @cli.command()

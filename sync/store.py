@@ -37,7 +37,8 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 
 from sync.batch import Binder, Built, Prepared, json_or_none, prepare
-from sync.errors import ConfigError, DatabaseError, LockHeld, MassGoneRefused
+from sync.config import SECRET_URL_KEYS, redacted_url
+from sync.errors import ConfigError, DatabaseError, LockHeld, MassGoneRefused, printable
 from sync.models import RUN_COUNTERS, TERMINAL_STATUSES, Checkpoint, Lease, SyncRun, Task, TaskEvent
 from sync.records import Fingerprint, Rejected, changed_fields
 
@@ -69,12 +70,20 @@ def _json_dumps(obj: Any) -> str:
     return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
-def _scrub(text: str, url: URL) -> str:
+def scrub(text: str, url: URL) -> str:
     """An error message with the database password removed, cut to its first line."""
     line = (text.strip().splitlines() or [""])[0]
-    if url.password:
-        line = line.replace(str(url.password), "***")
-    return line
+    secrets = [str(url.password)] if url.password else []
+    secrets += [str(v) for k, v in url.query.items() if k.lower() in SECRET_URL_KEYS and v]
+    for secret in secrets:
+        line = line.replace(secret, "***")
+    return printable(line, 500)
+
+
+def _log_rejected(source: str, tid: str | None, reason: str) -> None:
+    """A task that could not be stored: one log line (its id and the reason may be anything a
+    server sent, so both are made printable)."""
+    log.warning("source %s: task %s not stored: %s", source, printable(tid, 100), printable(reason))
 
 
 Event = tuple[str, Built, str, str | None, list[str] | None]  # id, row, kind, previous, fields
@@ -133,7 +142,7 @@ class Store:
 
     @property
     def display_url(self) -> str:
-        return self.url.render_as_string(hide_password=True)
+        return redacted_url(self.url.render_as_string(hide_password=False))
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Connection]:
@@ -145,11 +154,21 @@ class Store:
         if self.wal is not None:
             self.wal.poke()
 
+    @contextlib.contextmanager
+    def guarded(self, source: str) -> Iterator[Connection]:
+        """A write transaction for a source's rows that first checks, inside it, that this
+        run still holds the source's writer lock (when it holds one): every write of a run
+        goes through here, so none happens after the lock was lost."""
+        with self.write() as conn:
+            if source in self.held:
+                self.held[source].verify(conn)
+            yield conn
+
     def db_error(self, exc: BaseException, doing: str) -> DatabaseError:
         """A one-line DatabaseError for `exc` that names the URL and never the password."""
         orig = getattr(exc, "orig", None) or exc
         return DatabaseError(
-            f"database {self.display_url}: {doing} failed: {_scrub(str(orig), self.url)}"
+            f"database {self.display_url}: {doing} failed: {scrub(str(orig), self.url)}"
         )
 
     def ping(self) -> None:
@@ -299,14 +318,12 @@ class Store:
         """
         batch = tasks if isinstance(tasks, Prepared) else self.prepare(source, tasks, now)
         for rej in batch.rejects:
-            log.warning("source %s: task %s not stored: %s", source, rej.id, rej.reason)
+            _log_rejected(source, rej.id, rej.reason)
         result = SaveResult(rejected=batch.rejected, seen=len(batch.records))
         try:
 
             def commit(conn: Connection, rows: list[Any], events: list[Event]) -> None:
-                """Rows, events and the checkpoint, under a lock checked in this transaction."""
-                if source in self.held:
-                    self.held[source].verify(conn)
+                """Rows, events and the checkpoint (the lock was checked in this transaction)."""
                 if rows:
                     self._write(conn, batch, rows, events, run_id, result.inserted)
                 if checkpoint and (rows or checkpoint_if_unchanged):
@@ -314,7 +331,7 @@ class Store:
 
             if batch.built and not dry_run:
                 # Built ahead because most tasks were new: plan and write in one transaction.
-                with self.write() as conn:
+                with self.guarded(source) as conn:
                     commit(conn, *self._plan(conn, batch, result))
                 return result
             # Plan on a plain read; open a write transaction only when there is something to
@@ -323,7 +340,7 @@ class Store:
                 rows, events = self._plan(reader, batch, result)
                 reader.rollback()
             if not dry_run and (rows or (checkpoint and checkpoint_if_unchanged)):
-                with self.write() as conn:
+                with self.guarded(source) as conn:
                     commit(conn, rows, events)
         except sa_exc.DBAPIError as exc:
             if exc.connection_invalidated or isinstance(exc, sa_exc.OperationalError):
@@ -332,48 +349,35 @@ class Store:
             log.warning(
                 "source %s: batch refused (%s); retrying task by task",
                 source,
-                _scrub(str(exc.orig), self.url),
+                scrub(str(exc.orig), self.url),
             )
-            result = self._save_one_by_one(batch, run_id)
+            result = self._save_one_by_one(batch, run_id, dry_run)
             if checkpoint and not dry_run:
-                with self.write() as conn:
+                with self.guarded(source) as conn:
                     self._write_checkpoint(conn, source, *checkpoint, run_id, now)
         return result
 
-    def _save_one_by_one(self, batch: Prepared, run_id: int | None) -> SaveResult:
+    def _save_one_by_one(self, batch: Prepared, run_id: int | None, dry_run: bool) -> SaveResult:
+        """After the database refused a batch: each task in its own transaction, so one bad
+        task is logged and counted and the others are stored (or, in a dry run, counted)."""
         total = SaveResult(rejected=batch.rejected, seen=len(batch.records))
-        for task_id, fp in batch.records.items():
+        for tid, fp in batch.records.items():
             one = SaveResult()
-            single = Prepared(batch.source, batch.now, {task_id: fp}, 0)
+            single = Prepared(batch.source, batch.now, {tid: fp}, 0)
             try:
-                with self.write() as conn:
-                    self._save_records(conn, single, run_id, one, False)
+                with self.guarded(batch.source) as conn:
+                    rows, events = self._plan(conn, single, one)
+                    if rows and not dry_run:
+                        self._write(conn, single, rows, events, run_id, one.inserted)
             except sa_exc.DBAPIError as exc:
                 if isinstance(exc, sa_exc.OperationalError):
                     raise self.db_error(exc, "saving tasks") from None
                 total.rejected += 1
                 total.seen -= 1
-                log.warning(
-                    "source %s: task %s not stored: %s",
-                    batch.source,
-                    task_id,
-                    _scrub(str(exc.orig), self.url),
-                )
+                _log_rejected(batch.source, tid, scrub(str(exc.orig), self.url))
                 continue
             total.add(one)
         return total
-
-    def _save_records(
-        self,
-        conn: Connection,
-        batch: Prepared,
-        run_id: int | None,
-        result: SaveResult,
-        dry_run: bool,
-    ) -> None:
-        rows, events = self._plan(conn, batch, result)
-        if rows and not dry_run:
-            self._write(conn, batch, rows, events, run_id, result.inserted)
 
     def _plan(
         self, conn: Connection, batch: Prepared, result: SaveResult
@@ -413,7 +417,7 @@ class Store:
             if isinstance(b, Rejected):
                 result.rejected += 1
                 result.seen -= 1
-                log.warning("source %s: task %s not stored: %s", source, b.id, b.reason)
+                _log_rejected(source, b.id, b.reason)
                 continue
             result.statuses[tid] = b.status
             rows.append(b.params)
@@ -547,7 +551,7 @@ class Store:
             )
         if dry_run:
             return len(missing)
-        with self.write() as conn:
+        with self.guarded(source) as conn:
             statuses: dict[str, tuple[str | None, str | None]] = {}
             for chunk in _chunks(missing, 500):
                 q = select(Task.id, Task.status, Task.progress).where(
@@ -580,7 +584,7 @@ class Store:
 
     def touch_seen(self, source: str, now: datetime) -> None:
         """After a complete sweep every present task was seen now: one statement, not a row each."""
-        with self.write() as conn:
+        with self.guarded(source) as conn:
             conn.execute(
                 update(Task)
                 .where(Task.source == source, Task.gone_at.is_(None))
@@ -623,7 +627,7 @@ class Store:
         return None if row is None else (row[0], row[1], row[2])
 
     def clear_checkpoint(self, source: str, kind: str) -> None:
-        with self.write() as conn:
+        with self.guarded(source) as conn:
             conn.execute(
                 delete(Checkpoint).where(Checkpoint.source == source, Checkpoint.kind == kind)
             )
@@ -650,54 +654,58 @@ class Store:
             return None
         return dict(zip(("holder", "host", "pid", "since", "expires_at"), row, strict=True))
 
-    # ---- read-only SQL --------------------------------------------------------------------
-    def readonly_query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
-        """Run one read-only statement; the database itself refuses writes."""
-        from sync.readonly import check_statement, sqlite_authorizer
+    # ---- read-only access --------------------------------------------------------------
+    def readonly_query(
+        self, sql: str, timeout_s: float = 30.0
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """One read-only statement on a connection of its own (see `sync.readonly`), all rows."""
+        from sync import readonly
 
-        check_statement(sql)
+        with readonly.run(self.url.render_as_string(hide_password=False), sql, timeout_s) as (
+            cols,
+            rows,
+        ):
+            return cols, list(rows)
+
+    def grant_reader(
+        self, name: str, password: str | None, *, host: str = "%", execute: bool = True
+    ) -> list[str]:
+        """Create (or update) a login that can only read the archive's tables and views; the
+        statements (the password shown as '***'), run unless `execute` is False. Re-run it
+        after `db upgrade` adds tables."""
+        from sqlalchemy import inspect
+
+        from sync.readonly import grant_reader_sql, with_password
+
         try:
-            if self.dialect == "sqlite":
-                path = self.url.database or ""
-                if path in ("", ":memory:"):
-                    raise ConfigError("tasksync query needs a SQLite file, not :memory:")
-                if not Path(path).exists():
-                    raise DatabaseError(f"database {self.display_url}: file {path} not found")
-                uri = Path(path).resolve().as_uri() + "?mode=ro"
-                con = sqlite3.connect(uri, uri=True, timeout=10)
-                try:
-                    con.execute("PRAGMA query_only = ON")
-                    con.set_authorizer(sqlite_authorizer)
-                    cur = con.execute(sql)
-                    cols = [d[0] for d in cur.description or []]
-                    return cols, [tuple(r) for r in cur.fetchall()]
-                except sqlite3.DatabaseError as exc:
-                    from sync.errors import QueryRefused
-
-                    if "not authorized" in str(exc) or "readonly" in str(exc):
-                        raise QueryRefused(f"query refused: {exc}") from None
-                    raise DatabaseError(f"query failed: {exc}") from None
-                finally:
-                    con.close()
             with self.engine.connect() as conn:
-                if self.dialect == "postgresql":
-                    conn.exec_driver_sql("SET TRANSACTION READ ONLY")
-                else:
-                    conn.exec_driver_sql("START TRANSACTION READ ONLY")
-                try:
-                    cur2 = conn.exec_driver_sql(sql.replace("%", "%%"))
-                    cols = list(cur2.keys()) if cur2.returns_rows else []
-                    rows = [tuple(r) for r in cur2.fetchall()] if cur2.returns_rows else []
-                finally:
-                    conn.rollback()
-                return cols, rows
+                insp = inspect(conn)
+                relations = sorted(set(insp.get_table_names()) - {"alembic_version"}) + sorted(
+                    insp.get_view_names()
+                )
+                exists = self.dialect == "postgresql" and bool(
+                    conn.exec_driver_sql(
+                        "SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)
+                    ).first()
+                )
+            sql = grant_reader_sql(
+                self.dialect,
+                name,
+                self.url.database or "",
+                relations,
+                exists=exists,
+                password=password,
+                host=host,
+            )
+            if execute:
+                with self.write() as conn:
+                    for stmt in sql:
+                        conn.exec_driver_sql(
+                            with_password(stmt, password, self.dialect).replace("%", "%%")
+                        )
         except sa_exc.DBAPIError as exc:
-            from sync.errors import QueryRefused
-
-            msg = _scrub(str(exc.orig), self.url)
-            if "read-only" in msg or "READ ONLY" in msg.upper():
-                raise QueryRefused(f"query refused: {msg}") from None
-            raise DatabaseError(f"query failed: {msg}") from None
+            raise self.db_error(exc, "granting read access") from None
+        return sql
 
 
 class WriterLock:
@@ -717,7 +725,10 @@ class WriterLock:
             "big",
             signed=True,
         )
-        self.name = f"tasksync:{source}"[:64]
+        # GET_LOCK names are server-wide: two archives in different databases of one MariaDB
+        # server must not block each other. (PostgreSQL advisory locks are per database.)
+        scope = f"{store.url.database}:{source}".encode()
+        self.name = "tasksync:" + hashlib.blake2b(scope, digest_size=16).hexdigest()
         self.conn: Connection | None = None
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
@@ -854,7 +865,7 @@ class WriterLock:
                 log.warning(
                     "source %s: lease heartbeat failed: %s",
                     self.source,
-                    _scrub(str(exc), self.store.url),
+                    scrub(str(exc), self.store.url),
                 )
 
     def release(self) -> None:

@@ -264,3 +264,43 @@ def test_json_log_format_one_record_per_run(run: Run, tmp_path: Path) -> None:
         "ok",
         150,
     )
+
+
+def test_several_sources_name_each_failing_source_once(run: Run, tmp_path: Path) -> None:
+    """With two sources, each error line names its source once (not 'source a: source a:')."""
+    cfg = tmp_path / "two.toml"
+    db = f"sqlite:///{tmp_path / 'a.db'}"
+    cfg.write_text(
+        f'[database]\nurl = "{db}"\n'
+        + "".join(
+            f'\n[[sources]]\nname = "{n}"\nbase_url = "http://127.0.0.1:9"\n'
+            "retry_attempts = 1\ntimeout_s = 1\n"
+            for n in ("a", "b")
+        )
+    )
+    assert run("--config", str(cfg), "db", "upgrade")[0] == 0
+    code, _, err = run("--config", str(cfg), "sync")
+    assert code == 1
+    for name in ("a", "b"):
+        lines = [ln for ln in err.splitlines() if f"source {name}:" in ln]
+        assert lines and all(ln.count(f"source {name}") == 1 for ln in lines), err
+
+
+@pytest.mark.parametrize(
+    ("url", "code"),
+    [("http://127.0.0.1:abc", 2), ("http://u:p@127.0.0.1:9", 2)],
+    ids=["bad-port", "credentials"],
+)
+def test_bad_base_url_is_a_config_error(run: Run, tmp_path: Path, url: str, code: int) -> None:
+    """A base_url with a bad port or credentials is exit 2 for every command, not exit 1."""
+    cfg = write_config(tmp_path / "c.toml", url, "sqlite:///a.db")
+    for args in (["config", "check"], ["backfill"], ["status"]):
+        got, _, err = run("--config", str(cfg), *args)
+        assert got == code and "base_url" in err and "Traceback" not in err, (args, err)
+
+
+def test_unsupported_database_url_is_a_config_error(run: Run) -> None:
+    """An unsupported database URL is exit 2 naming it, not an internal error."""
+    for url in ("oracle://u@h/x", "mysql+mysqldb://u@h/x", "sqlite+foo:///x.db"):
+        code, _, err = run("--db", url, "db", "upgrade")
+        assert code == 2 and "unsupported database" in err and "internal" not in err, err

@@ -6,10 +6,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import update
 
-from sync.errors import QueryRefused
-from sync.models import Task, TaskEvent
+from sync.errors import DatabaseError, LockHeld, QueryRefused
+from sync.models import Lease, Task, TaskEvent
 from sync.records import Rejected, fingerprint, normalize
 from sync.store import Store
 
@@ -200,3 +201,108 @@ def test_normalize_rejects_overlong_status() -> None:
     """A status longer than 64 characters is rejected with a reason."""
     rec = normalize("main", task(status="S" * 65))
     assert getattr(rec, "reason", "").startswith("status longer")
+
+
+def test_store_ids_differing_by_trailing_spaces_stay_apart(store: Store) -> None:
+    """'b ' and 'b' are two tasks on every database (MariaDB: a NO PAD collation), and a
+    second save of both changes nothing and writes no event."""
+    tasks = [task("b"), task("b "), task("b  ", prompt="three")]
+    assert store.save("main", tasks, None, NOW).inserted == 3
+    again = store.save("main", tasks, None, NOW + timedelta(hours=1))
+    assert (again.inserted, again.changed, again.unchanged) == (0, 0, 3)
+    assert set(archive(store)) == {"b", "b ", "b  "} and count(store, TaskEvent) == 3
+
+
+def _lose_lock(store: Store, source: str) -> None:
+    """Make this run lose its writer lock the way it happens for real: the lock's session
+    dies (PostgreSQL, MariaDB) or another process takes the lease over (SQLite)."""
+    lock = store.held[source]
+    if store.dialect == "sqlite":
+        with store.engine.begin() as conn:
+            conn.execute(update(Lease).where(Lease.source == source).values(holder="thief"))
+        lock.lost = True
+    else:
+        assert lock.conn is not None
+        lock.conn.invalidate()
+
+
+def test_every_write_path_checks_the_lock(store: Store) -> None:
+    """Once the lock is lost, no write path writes: saves, the one-by-one fallback, gone
+    marks, the sweep's last-seen touch and checkpoints all refuse."""
+    store.save("main", [task("1"), task("2")], None, NOW)
+    before = archive(store)
+    with store.lock("main"):
+        _lose_lock(store, "main")
+        attempts = [
+            lambda: store.save("main", [task("3")], None, NOW),
+            lambda: store.save("main", [task("4")], None, NOW, checkpoint=("backfill", 1, "4", 4)),
+            lambda: store.mark_gone("main", {"1"}, None, NOW, max_share=1.0),
+            lambda: store.touch_seen("main", NOW + timedelta(days=1)),
+            lambda: store.clear_checkpoint("main", "backfill"),
+        ]
+        for write in attempts:
+            with pytest.raises(DatabaseError, match=r"lock|lease"):
+                write()
+    assert archive(store) == before and count(store, TaskEvent) == 2
+
+
+def test_fallback_after_a_refused_batch_checks_lock_and_dry_run(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch the database refuses is retried task by task: in a dry run that writes
+    nothing, and without the lock it refuses like every other write."""
+    real_plan = store._plan
+    calls = {"n": 0}
+
+    def refuse_first(conn: Any, batch: Any, result: Any) -> Any:
+        calls["n"] += 1
+        if len(batch.records) > 1:
+            raise sa_exc.IntegrityError("INSERT ...", {}, Exception("refused batch"))
+        return real_plan(conn, batch, result)
+
+    monkeypatch.setattr(store, "_plan", refuse_first)
+    res = store.save("main", [task("1"), task("2")], None, NOW, dry_run=True)
+    assert res.inserted == 2 and count(store, Task) == 0 and count(store, TaskEvent) == 0
+    with store.lock("main"):
+        _lose_lock(store, "main")
+        with pytest.raises(DatabaseError, match=r"lock|lease"):
+            store.save("main", [task("1"), task("2")], None, NOW)
+    assert count(store, Task) == 0
+
+
+@pytest.mark.mariadb
+def test_mariadb_writer_locks_are_per_database(tmp_path: Any) -> None:
+    """Two archives in different databases of one MariaDB server lock a source of the same
+    name independently (GET_LOCK names are server-wide)."""
+    from .conftest import fresh_database, migrated
+
+    with fresh_database("mariadb", tmp_path) as a, fresh_database("mariadb", tmp_path) as b:
+        one, two = migrated(a), migrated(b)
+        with one.lock("main"), two.lock("main"):
+            pass
+        with one.lock("main"), pytest.raises(LockHeld), Store(a).lock("main"):
+            pass
+        one.dispose()
+        two.dispose()
+
+
+def test_sweep_compares_ids_as_stored(store: Store) -> None:
+    """A task id with a NUL is stored cleaned; sweeps compare the stored form, so it is
+    neither marked gone nor 'returned' on every other sweep."""
+    from sync import pipeline
+    from sync.client import Client
+    from sync.simulator import Simulator
+
+    from .conftest import source_for
+    from .helpers import sim_transport
+
+    sim = Simulator(50, seed=2)
+    sim.overrides[10] = dict(sim.task(10), id="bad\x00id")
+    src = source_for("http://sim.test")
+    client = Client(src, transport=sim_transport(sim))
+    pipeline.backfill(store, client, src)
+    assert "bad\ufffdid" in archive(store)
+    for _ in range(2):
+        report = pipeline.sweep(store, client, src)
+        assert (report.gone, report.returned) == (0, 0)
+    assert archive(store)["bad\ufffdid"]["gone_at"] is None
