@@ -50,6 +50,19 @@ class Metrics:
         self.archived = Gauge(
             "tasksync_tasks_archived", "Tasks in the archive (not gone)", ["source"], registry=r
         )
+        self.overlaps = Counter(
+            "tasksync_ticks_overlapped",
+            "Scheduled ticks skipped because a run of the same source was still going",
+            ["source", "kind"],
+            registry=r,
+        )
+        self.delays = Histogram(
+            "tasksync_run_delay_seconds",
+            "How long a due run waited for the source's previous run to end",
+            ["source", "kind"],
+            registry=r,
+            buckets=(0.5, 1, 5, 10, 30, 60, 300, 1800, 3600),
+        )
         self.server: Any = None
 
     def serve(self, host: str, port: int) -> int:
@@ -71,6 +84,12 @@ class Metrics:
             self.last_success.labels(src, kind).set(finished_at)
         if archived is not None:
             self.archived.labels(src).set(archived)
+
+    def overlap(self, source: str, kind: str) -> None:
+        self.overlaps.labels(source, kind).inc()
+
+    def delay(self, source: str, kind: str, seconds: float) -> None:
+        self.delays.labels(source, kind).observe(seconds)
 
     def failed(self, source: str, kind: str, outcome: str) -> None:
         self.runs.labels(source, kind, outcome).inc()

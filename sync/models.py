@@ -197,3 +197,16 @@ class Lease(Base):
     acquired_at: Mapped[datetime]
     heartbeat_at: Mapped[datetime]
     expires_at: Mapped[datetime]
+
+
+class Recheck(Base):
+    """An unfinished task that `list-by-condition` stopped returning, and when to ask again
+    (with backoff); only a sweep decides whether it is gone."""
+
+    __tablename__ = "task_rechecks"
+
+    source: Mapped[str] = mapped_column(String(64), primary_key=True)
+    task_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    misses: Mapped[int] = mapped_column(Integer)
+    first_missed_at: Mapped[datetime]
+    next_check_at: Mapped[datetime]

@@ -296,16 +296,31 @@ def incremental(
     dry_run: bool = False,
     stop: threading.Event | None = None,
 ) -> RunReport:
-    """New tasks from the head of the list, plus a re-check of every unfinished task."""
+    """New tasks from the head of the list, plus a re-check of the unfinished tasks that are
+    due (those list-by-condition stopped returning are asked again with backoff)."""
 
     def body(report: RunReport) -> None:
         seen: set[str] = set()
         _head_pass(store, client, src, report, seen, clock, dry_run, stop)
-        pending = [i for i in store.unfinished_ids(src.name) if i not in seen]
+        due = store.recheck_due(src.name, clock())
+        pending = [i for i in due if i not in seen]
+        not_returned = 0
         for i in range(0, len(pending), BY_IDS_MAX):
-            tasks = client.list_by_ids(pending[i : i + BY_IDS_MAX])
+            batch = pending[i : i + BY_IDS_MAX]
+            tasks = client.list_by_ids(batch)
             _save_unseen(store, src, tasks, seen, report, clock, dry_run)
+            got = {task_id(t) for t in tasks}
+            missing = [t for t in batch if t not in got]
+            back = [t for t in batch if t in got and due[t]]
+            not_returned += len(missing)
+            if (missing or back) and not dry_run:
+                store.note_rechecks(src.name, back, missing, clock())
             _check(stop)
+        if not_returned:
+            report.notes.append(
+                f"{not_returned} unfinished tasks not returned by list-by-condition; "
+                "asked again after a backoff, and only a sweep marks them gone"
+            )
 
     return run_recorded(store, client, src, "sync", clock, body, dry_run=dry_run)
 

@@ -3,6 +3,12 @@
 One job per source for the incremental sync and one for the sweep, from cron expressions (or
 an interval), with max_instances=1, coalesce=True and an explicit misfire grace time. Each job
 calls the pipeline; the database lock in the pipeline keeps other processes and hosts out.
+
+Inside one daemon the runs of a source take turns (`Turns`) instead of meeting that lock: a
+sweep that falls due while a sync of its source runs is started as soon as that run ends (or
+in place of the next sync), never skipped; a sync tick that finds its source busy is
+dropped, since the next one comes soon. Ticks that overlap a run are counted
+(`tasksync_ticks_overlapped_total`) and logged once per source and kind, not once per tick.
 """
 
 from __future__ import annotations
@@ -16,7 +22,12 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from apscheduler.events import EVENT_JOB_ERROR, JobExecutionEvent
+from apscheduler.events import (
+    EVENT_JOB_ERROR,
+    EVENT_JOB_MAX_INSTANCES,
+    JobEvent,
+    JobExecutionEvent,
+)
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -30,6 +41,14 @@ from sync.metrics import Metrics
 from sync.store import Store
 
 log = logging.getLogger("tasksync.daemon")
+
+
+class _NoMaxInstancesWarning(logging.Filter):
+    """APScheduler warns on every tick that meets a job still running; the daemon says it
+    once itself (see `Daemon._overlap`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "maximum number of running instances reached" not in record.getMessage()
 
 
 def trigger(cron: str, every: str | None, tz: ZoneInfo) -> Any:
@@ -47,6 +66,27 @@ def trigger(cron: str, every: str | None, tz: ZoneInfo) -> Any:
         raise ConfigError(f"bad cron expression {cron!r}: {exc}") from None
 
 
+class Turns:
+    """Whose turn it is at one source: at most one run at a time, and a sweep that fell due
+    waits for the current run to end instead of being dropped."""
+
+    def __init__(self) -> None:
+        self.busy = threading.Lock()
+        self._due = threading.Lock()
+        self.sweep_due: float | None = None  # time.time() when a sweep fell due
+
+    def want_sweep(self, at: float) -> None:
+        with self._due:
+            if self.sweep_due is None:
+                self.sweep_due = at
+
+    def take_sweep(self) -> float | None:
+        """The due time of a pending sweep, now taken (None if none is pending)."""
+        with self._due:
+            due, self.sweep_due = self.sweep_due, None
+            return due
+
+
 class Daemon:
     """The scheduler, the jobs it runs and a graceful stop."""
 
@@ -58,6 +98,8 @@ class Daemon:
         self.metrics = Metrics()
         self.active = 0
         self.idle = threading.Condition()
+        self.turns = {src.name: Turns() for src in settings.sources}
+        self.overlap_said: set[tuple[str, str]] = set()
         sched = settings.schedule
         try:
             self.tz = ZoneInfo(sched.timezone)
@@ -68,6 +110,8 @@ class Daemon:
             timezone=self.tz, executors={"default": ThreadPoolExecutor(workers)}
         )
         self.scheduler.add_listener(self._crashed, EVENT_JOB_ERROR)
+        self.scheduler.add_listener(self._missed, EVENT_JOB_MAX_INSTANCES)
+        logging.getLogger("apscheduler.scheduler").addFilter(_NoMaxInstancesWarning())
         for src in settings.sources:
             common = dict(
                 max_instances=1,
@@ -84,29 +128,89 @@ class Daemon:
                 next_run_time=first,
                 **common,
             )
+            # A sweep tick that comes while the previous sweep still runs must still land (it
+            # marks the sweep due and returns at once), so the sweep job may start twice.
             self.scheduler.add_job(
                 self._job,
                 trigger(src.sweep or sched.sweep, sched.sweep_every, self.tz),
                 args=[src, "sweep"],
                 id=f"{src.name}:sweep",
-                **common,
+                **{**common, "max_instances": 2},
             )
 
     def _crashed(self, event: JobExecutionEvent) -> None:
         log.error("job %s crashed: %r", event.job_id, event.exception)
 
+    def _missed(self, event: JobEvent) -> None:
+        """APScheduler skipped a tick because the job's previous run is still going."""
+        name, _, kind = event.job_id.rpartition(":")
+        self._overlap(name, kind)
+
+    def _overlap(self, name: str, kind: str) -> None:
+        """A tick that found its source still busy: counted, and said once per source and
+        kind (the schedule is tighter than the runs take), not once per tick."""
+        self.metrics.overlap(name, kind)
+        if (name, kind) not in self.overlap_said:
+            self.overlap_said.add((name, kind))
+            log.warning(
+                "source %s: a %s tick came while a run of the source was still going; such "
+                "ticks are skipped (the schedule is tighter than the runs take; counted in "
+                "tasksync_ticks_overlapped_total, not logged again)",
+                name,
+                kind,
+            )
+
     def _job(self, src: SourceSettings, kind: str) -> None:
-        """One scheduled run; every failure is one log line and the daemon carries on."""
+        """One scheduled tick: run it, or leave it to the run in progress of the same source
+        (a sweep stays due and is started as soon as that run ends)."""
         if self.stop.is_set():
             return
+        turns = self.turns[src.name]
+        if kind == "sweep":
+            turns.want_sweep(time.time())
         with self.idle:
             self.active += 1
         try:
-            self._run(src, kind)
+            while not self.stop.is_set():
+                if not turns.busy.acquire(blocking=False):
+                    if kind == "sync":
+                        self._overlap(src.name, kind)
+                    return  # a due sweep is taken by the run in progress when it ends
+                try:
+                    self._turn(src, kind, turns)
+                finally:
+                    turns.busy.release()
+                # A sweep that fell due just as the source was let go is not left waiting.
+                if turns.sweep_due is None:
+                    return
+                kind = "sweep"
         finally:
             with self.idle:
                 self.active -= 1
                 self.idle.notify_all()
+
+    def _turn(self, src: SourceSettings, kind: str, turns: Turns) -> None:
+        """While holding the source: a due sweep first (in place of a sync), then any sweep
+        that fell due meanwhile."""
+        todo: str | None = kind
+        while not self.stop.is_set():
+            due = turns.take_sweep()
+            if due is not None:
+                delay = max(0.0, time.time() - due)
+                self.metrics.delay(src.name, "sweep", delay)
+                if delay >= 1:
+                    log.info(
+                        "source %s: sweep started %.1f s after it fell due (a run of the source "
+                        "was going)",
+                        src.name,
+                        delay,
+                    )
+                self._run(src, "sweep")
+            elif todo == "sync":
+                self._run(src, "sync")
+            todo = None
+            if turns.sweep_due is None:
+                return
 
     def _run(self, src: SourceSettings, kind: str) -> None:
         try:

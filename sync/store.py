@@ -39,7 +39,16 @@ from sqlalchemy.engine import URL, make_url
 from sync.batch import Binder, Built, Prepared, json_or_none, prepare
 from sync.config import SECRET_URL_KEYS, redacted_url
 from sync.errors import ConfigError, DatabaseError, LockHeld, MassGoneRefused, printable
-from sync.models import RUN_COUNTERS, TERMINAL_STATUSES, Checkpoint, Lease, SyncRun, Task, TaskEvent
+from sync.models import (
+    RUN_COUNTERS,
+    TERMINAL_STATUSES,
+    Checkpoint,
+    Lease,
+    Recheck,
+    SyncRun,
+    Task,
+    TaskEvent,
+)
 from sync.records import Fingerprint, Rejected, changed_fields
 
 log = logging.getLogger("tasksync.store")
@@ -48,6 +57,8 @@ TASK_COLUMNS = [c.name for c in Task.__table__.columns]
 UPDATE_COLUMNS = [c for c in TASK_COLUMNS if c not in ("source", "id", "first_seen_at")]
 EVENT_COLUMNS = [c.name for c in TaskEvent.__table__.columns if c.name != "id"]
 LEASE_SECONDS = 60.0
+RECHECK_FIRST_S = 60.0  # an unfinished task list-by-condition missed is asked again after 1 min,
+RECHECK_MAX_S = 6 * 3600.0  # then 2, 4, 8 ... minutes, at most every 6 hours until a sweep
 WAL_BACKSTOP_PAGES = 16384  # auto-checkpoint only if the background checkpointer falls behind
 
 
@@ -500,13 +511,64 @@ class Store:
     # ---- reads the pipeline needs -------------------------------------------------------
     def unfinished_ids(self, source: str) -> list[str]:
         """Archived tasks that are not finished (any status but SUCCESS, FAILURE, CANCEL)."""
-        q = select(Task.id).where(
-            Task.source == source,
-            Task.gone_at.is_(None),
-            (Task.status.is_(None)) | (Task.status.not_in(TERMINAL_STATUSES)),
+        return list(self.recheck_due(source, None))
+
+    def recheck_due(self, source: str, now: datetime | None) -> dict[str, bool]:
+        """Unfinished tasks to re-check now: all of them, except those `list-by-condition`
+        stopped returning whose next check (backoff) is later than `now`. The value says
+        whether the task has a miss on record."""
+        q = (
+            select(Task.id, Recheck.task_id.is_not(None))
+            .outerjoin(Recheck, (Recheck.source == Task.source) & (Recheck.task_id == Task.id))
+            .where(
+                Task.source == source,
+                Task.gone_at.is_(None),
+                (Task.status.is_(None)) | (Task.status.not_in(TERMINAL_STATUSES)),
+            )
         )
+        if now is not None:
+            q = q.where(Recheck.next_check_at.is_(None) | (Recheck.next_check_at <= now))
         with self.engine.connect() as conn:
-            return list(conn.execute(q).scalars())
+            return {tid: bool(missed) for tid, missed in conn.execute(q)}
+
+    def note_rechecks(
+        self, source: str, back: Sequence[str], missing: Sequence[str], now: datetime
+    ) -> None:
+        """After a re-check: tasks `list-by-condition` returned again forget their misses;
+        tasks it did not return are asked again after a backoff that doubles with each miss
+        (RECHECK_FIRST_S up to RECHECK_MAX_S). Nothing is marked gone here."""
+        with self.guarded(source) as conn:
+            for chunk in _chunks(list(back), 500):
+                conn.execute(
+                    delete(Recheck).where(Recheck.source == source, Recheck.task_id.in_(chunk))
+                )
+            known: dict[str, int] = {}
+            for chunk in _chunks(list(missing), 500):
+                q = select(Recheck.task_id, Recheck.misses).where(
+                    Recheck.source == source, Recheck.task_id.in_(chunk)
+                )
+                known.update({tid: n for tid, n in conn.execute(q)})
+
+            def after(misses: int) -> datetime:
+                return now + timedelta(
+                    seconds=min(RECHECK_FIRST_S * 2 ** min(misses - 1, 30), RECHECK_MAX_S)
+                )
+
+            fresh = [
+                dict(
+                    source=source, task_id=t, misses=1, first_missed_at=now, next_check_at=after(1)
+                )
+                for t in missing
+                if t not in known
+            ]
+            if fresh:
+                conn.execute(insert(Recheck), fresh)
+            for tid, misses in known.items():
+                conn.execute(
+                    update(Recheck)
+                    .where(Recheck.source == source, Recheck.task_id == tid)
+                    .values(misses=misses + 1, next_check_at=after(misses + 1))
+                )
 
     def count_tasks(self, source: str, *, present_only: bool = False) -> int:
         q = select(func.count()).select_from(Task).where(Task.source == source)
@@ -583,13 +645,15 @@ class Store:
         return len(missing)
 
     def touch_seen(self, source: str, now: datetime) -> None:
-        """After a complete sweep every present task was seen now: one statement, not a row each."""
+        """After a complete sweep every present task was seen now: one statement, not a row each.
+        The sweep has also settled every missed re-check (seen, or marked gone): forgotten."""
         with self.guarded(source) as conn:
             conn.execute(
                 update(Task)
                 .where(Task.source == source, Task.gone_at.is_(None))
                 .values(last_seen_at=now)
             )
+            conn.execute(delete(Recheck).where(Recheck.source == source))
 
     # ---- checkpoints ------------------------------------------------------------------
     def _write_checkpoint(

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -18,7 +19,7 @@ from sqlalchemy import select
 
 from sync.errors import LockHeld
 from sync.models import SyncRun
-from sync.simulator import Simulator, SimulatorServer
+from sync.simulator import Faults, Simulator, SimulatorServer
 from sync.store import Store
 
 from .conftest import fresh_database, migrated
@@ -229,3 +230,115 @@ def test_sigterm_during_long_run_exits_0_within_bound(sqlite_url: str, tmp_path:
         wait_for(lambda: sim.query_requests >= 3, 30, "the first sync to be under way")
         assert stop_daemon(proc) < 5
     assert runs(store)[-1].outcome == "interrupted"
+
+
+def test_turns_run_a_due_sweep_after_the_current_run_and_say_overlaps_once(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """In one daemon, a sweep that falls due while a sync of its source runs is started as
+    soon as that sync ends (its delay measured), never skipped; sync ticks that meet a busy
+    source are counted and logged once."""
+    import logging
+    import threading
+
+    from sync.config import Settings, SourceSettings
+    from sync.scheduler import Daemon
+
+    store = migrated(sqlite_url)
+    src = SourceSettings(name="main", base_url="http://127.0.0.1:9")
+    daemon = Daemon(Settings(sources=[src]), store, lambda report: None)
+    ran: list[tuple[str, str]] = []
+    release = threading.Event()
+
+    def fake_run(s: SourceSettings, kind: str) -> None:
+        ran.append((threading.current_thread().name, kind))
+        if kind == "sync" and len(ran) == 1:
+            release.wait(5)
+
+    daemon._run = fake_run  # type: ignore[method-assign]
+    first = threading.Thread(target=daemon._job, args=(src, "sync"), name="first")
+    first.start()
+    wait_for(lambda: len(ran) == 1, 5, "the first sync to start")
+    with caplog.at_level(logging.INFO, logger="tasksync"):
+        daemon._job(src, "sweep")  # falls due while the sync runs: returns at once
+        for _ in range(3):
+            daemon._job(src, "sync")  # overlapping ticks
+        assert ran == [("first", "sync")]
+        time.sleep(1.1)
+        release.set()
+        first.join(5)
+    assert ran == [("first", "sync"), ("first", "sweep")]
+    said = [r.getMessage() for r in caplog.records if "tick came while" in r.getMessage()]
+    assert len(said) == 1
+    text = daemon.metrics.registry
+    assert (
+        text.get_sample_value("tasksync_ticks_overlapped_total", {"source": "main", "kind": "sync"})
+        == 3
+    )
+    assert (
+        text.get_sample_value(
+            "tasksync_run_delay_seconds_count", {"source": "main", "kind": "sweep"}
+        )
+        == 1
+    )
+    assert (
+        text.get_sample_value("tasksync_run_delay_seconds_sum", {"source": "main", "kind": "sweep"})
+        or 0
+    ) >= 1.0
+    daemon._job(src, "sync")  # the source is free again: a plain sync
+    assert ran[-1][1] == "sync"
+    store.dispose()
+
+
+def test_daemon_with_syncs_longer_than_their_interval_runs_every_sweep(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """Syncs that take longer than the 1 s interval run back to back, yet every sweep that
+    falls due runs (none skipped for the daemon's own lock); a second daemon and a manual sync
+    on the same database still skip with the holder named (exit 3)."""
+    store = migrated(sqlite_url)
+    # Pages take 0.6 s: a sync (two pages) outlasts its 1 s interval, a sweep takes ~2.5 s.
+    sim = Simulator(350, arrivals_per_request=0.5, faults=Faults(slow=1.0, slow_s=0.6))
+    with SimulatorServer(sim) as server:
+        cfg = daemon_config(tmp_path, server.url, sqlite_url, extra="")
+        cfg.write_text(cfg.read_text().replace('sweep_every = "1h"', 'sweep_every = "4s"'))
+        proc = start_daemon(cfg, tmp_path / "d.log")
+        wait_for(lambda: any(r.kind == "sweep" for r in runs(store)), 30, "a first sweep")
+        time.sleep(20)  # five more sweeps fall due, while syncs run back to back
+        window_end = datetime.now(UTC)
+        mine = [r for r in runs(store) if r.pid == proc.pid]
+        other = start_daemon(cfg, tmp_path / "other.log")
+        manual: list[tuple[int, str]] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(code == 3 for code, _ in manual):
+            got = subprocess.run(
+                [sys.executable, "-m", "sync", "--config", str(cfg), "sync"],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                cwd=tmp_path,
+                timeout=60,
+            )
+            manual.append((got.returncode, got.stderr))
+        wait_for(
+            lambda: "is being synced by host" in (tmp_path / "other.log").read_text(),
+            30,
+            "the second daemon to meet the lock",
+        )
+        stop_daemon(other)
+        stop_daemon(proc)
+    log = (tmp_path / "d.log").read_text()
+    sweeps = [r.started_at for r in mine if r.kind == "sweep"]
+    syncs = [r for r in mine if r.kind == "sync" and r.outcome == "ok"]
+    # A sweep falls due every 4 s (+ up to 2 s of jitter); at worst it waits for a sync
+    # (~1.5 s) and the sweep before it (~2.5 s): no gap between sweeps may be longer.
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise([*sweeps, window_end])]
+    assert len(sweeps) >= 4 and max(gaps) < 11, gaps
+    assert syncs and min(r.duration_s or 0 for r in syncs) > 1.0  # longer than the interval
+    assert f"pid {proc.pid} since" not in log  # never skipped for its own lock
+    assert log.count("tick came while") <= 2  # once per kind at most
+    assert "maximum number of running instances" not in log
+    assert any(code == 3 and "is being synced by host" in err for code, err in manual)
+    done = sorted((r for r in runs(store) if r.finished_at), key=lambda r: r.started_at)
+    for a, b in itertools.pairwise(done):
+        assert b.started_at >= a.finished_at, (a, b)

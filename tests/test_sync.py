@@ -6,6 +6,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import select
 
 from sync import pipeline
 from sync.client import Client
@@ -173,3 +174,70 @@ def test_dry_run_stopped_by_a_signal_is_interrupted_not_an_error(sqlite_store: S
     for run in (pipeline.incremental, pipeline.sweep):
         report = run(sqlite_store, client, src, dry_run=True, stop=stop)  # type: ignore[operator]
         assert report.outcome == "interrupted" and report.pages == 1
+
+
+def test_vanished_unfinished_tasks_back_off_and_the_bound_holds(sqlite_store: Store) -> None:
+    """1,000 unfinished tasks the server stopped listing: the first sync asks for all of them,
+    later syncs only on each task's backoff (1 min, 2 min, ...), so a sync's cost stays that
+    of what is new and still moving; none is marked gone until a sweep."""
+    from sync.models import Recheck
+
+    sim = Simulator(3_000, unfinished_per_mille=0)
+    for i in sim.alive[:1_000]:
+        sim.overrides[i] = dict(sim.task(i), status="SUBMITTED", startTime=None, finishTime=None)
+    moving = sim.alive[2_000]  # one unfinished task that stays listed and keeps moving
+    sim.overrides[moving] = dict(sim.task(moving), status="IN_PROGRESS", finishTime=None)
+    client, src = setup(sqlite_store, sim)
+    clock = Clock()
+    pipeline.backfill(sqlite_store, client, src, clock)
+    sim.expire(1_000)  # the server drops its stuck tasks
+
+    def sync() -> int:
+        before = sim.requests
+        report = pipeline.incremental(sqlite_store, client, src, clock)
+        assert report.requests == sim.requests - before
+        return report.requests
+
+    assert sync() == 1 + 11  # the head page, then 1,001 unfinished ids in 11 batches
+    assert count(sqlite_store, Recheck) == 1_000
+    for _ in range(5):  # inside the first backoff: only the head and the moving task
+        assert sync() == 2 <= pipeline.request_bound(0, 1, 100)
+        clock.now += timedelta(seconds=5)
+    clock.now += timedelta(seconds=40)
+    assert sync() == 1 + 11  # 1 min after the miss: asked once more
+    clock.now += timedelta(seconds=70)
+    assert sync() == 2  # next ask only 2 min after the second miss
+    clock.now += timedelta(seconds=60)
+    assert sync() == 1 + 11
+    with sqlite_store.engine.connect() as conn:
+        misses = {m for (m,) in conn.execute(select(Recheck.misses))}
+    assert misses == {3}
+    assert all(row["gone_at"] is None for row in archive(sqlite_store).values())
+    report = pipeline.sweep(sqlite_store, client, src, clock, allow_mass_gone=True)
+    assert report.gone == 1_000 and count(sqlite_store, Recheck) == 0
+    assert sync() == 2  # gone tasks are not asked for any more
+
+
+def test_unfinished_task_returned_again_forgets_its_misses(sqlite_store: Store) -> None:
+    """A task list-by-condition missed once and returns later is re-checked every sync again."""
+    from sync.models import Recheck
+
+    sim = Simulator(500, unfinished_per_mille=0)
+    i = sim.alive[5]
+    sim.overrides[i] = dict(sim.task(i), status="SUBMITTED", finishTime=None)
+    client, src = setup(sqlite_store, sim)
+    clock = Clock()
+    pipeline.backfill(sqlite_store, client, src, clock)
+    saved = sim.task(i)
+    sim.remove(i)
+    pipeline.incremental(sqlite_store, client, src, clock)
+    assert count(sqlite_store, Recheck) == 1
+    sim.overrides[i] = saved
+    sim.alive.insert(0, i)
+    sim.alive.sort()
+    clock.now += timedelta(minutes=2)
+    pipeline.incremental(sqlite_store, client, src, clock)
+    assert count(sqlite_store, Recheck) == 0
+    before = sim.requests
+    pipeline.incremental(sqlite_store, client, src, clock)
+    assert sim.requests - before == 2  # the head page and the unfinished task, every time
