@@ -4,6 +4,10 @@ Used by `tasksync demo`, `tasksync simulate`, the tests and the benchmarks. Stan
 plus orjson only, so it starts in milliseconds. Everything that happens (tasks, arrivals,
 status progression, expiry, injected faults) follows from the seed and the request count, so a
 test can replay it; tests can also mutate it directly between requests (`on_request`).
+
+A second, time-driven live mode (`arrivals_per_s`, `updates_per_s`, `ttl_s`, `stuck_share`)
+moves the server with wall-clock time instead, whatever the polling rate, for daemon soak
+tests: there only how many changes happen depends on time; which ones still follow the seed.
 """
 
 from __future__ import annotations
@@ -124,7 +128,49 @@ class Simulator:
         nested: bool = False,
         page_cap: int = 100,
         gap_ms: int = GAP_MS,
+        arrivals_per_s: float = 0.0,
+        updates_per_s: float = 0.0,
+        ttl_s: float | None = None,
+        stuck_share: float = 0.0,
+        wall: Callable[[], float] = time.monotonic,
     ) -> None:
+        """A server listing `tasks` tasks (indexes 0..tasks-1, oldest first).
+
+        Per request (applied at each valid request, before it is answered):
+        `arrivals_per_request`, `updates_per_request`, `expiries_per_request`.
+
+        Per second of wall time (`wall`, time.monotonic unless a test passes a fake), applied
+        at the start of each valid request for the time elapsed since the previous one:
+
+        - `arrivals_per_s`: new tasks at the head, spread over the elapsed interval. Their
+          submitTime is the simulated clock, which in this mode runs with wall time
+          (`clock_ms` at construction + elapsed ms), at least 1 ms per event so that it never
+          stands still, and never behind the id of the newest task: an arrival takes the next
+          index, or skips indexes up to the clock when arrivals are sparser than one per
+          `gap_ms`, so its id's epoch part is at most its submitTime (within `gap_ms` of it
+          whenever arrivals are that sparse). Ids stay unique and increasing. With the
+          default gap_ms (7 s) ids outrun wall time at any rate above 1/7 per second and
+          drag the clock along; choose gap_ms a little under 1000 / arrivals_per_s (say 0.8
+          of it) for a clock that keeps wall time and ids that tell the submit time.
+        - `stuck_share`: the share of tasks that stay SUBMITTED, never picked by updates, until
+          they expire: tasks that vanish unfinished. It applies to every arrival (per request
+          ones too) and to the initial tasks (on top of `unfinished_per_mille`), so that the
+          number of stuck tasks listed is steady from the start rather than growing for ttl_s.
+        - `updates_per_s`: steps (`advance`) of random unfinished, not stuck tasks: the
+          initial unfinished ones and the arrivals, until they finish.
+        - `ttl_s`: tasks that arrived more than ttl_s seconds of wall time ago are expired
+          (dropped from the oldest end, like `expire`). The initial tasks count as arrived
+          evenly over the ttl_s before construction, oldest first, so they expire steadily
+          (tasks / ttl_s per second) instead of all at once; with tasks = arrivals_per_s *
+          ttl_s the listing's size stays about constant from the start.
+
+        Both modes may be combined. With none of the time-driven arguments given the
+        simulator behaves exactly as before they existed.
+        """
+        if min(arrivals_per_s, updates_per_s) < 0 or not 0.0 <= stuck_share <= 1.0:
+            raise ValueError("rates must be >= 0 and stuck_share within 0..1")
+        if ttl_s is not None and ttl_s <= 0:
+            raise ValueError("ttl_s must be > 0")
         self.seed = seed
         self.gap_ms = gap_ms
         self.token = token
@@ -147,6 +193,33 @@ class Simulator:
         self.slow_next = 0.0
         self.page_log: list[int] = []  # page numbers asked for, in order (for tests)
         self.lock = threading.RLock()
+        self.expired = 0  # tasks expired so far (either mode)
+        # ---- time-driven mode (see the constructor's docstring)
+        self.arrivals_per_s = arrivals_per_s
+        self.updates_per_s = updates_per_s
+        self.ttl_s = ttl_s
+        self.stuck_share = stuck_share
+        self.timed = bool(arrivals_per_s or updates_per_s or ttl_s is not None)
+        self.wall = wall
+        self.wall0 = self.last_step = wall()
+        self.clock0_ms = self.clock_ms
+        self.initial = tasks
+        # Its own generator, so that the per-request mode draws exactly what it did before.
+        self.time_rng = random.Random(seed * 104_729 + 3)
+        self.stuck: set[int] = set()  # listed tasks that never move on their own
+        if stuck_share > 0:
+            self.stuck = {i for i in range(tasks) if self.time_rng.random() < stuck_share}
+        self.arrived_at: dict[int, float] = {}  # wall time of each arrival, when ttl_s is set
+        # Unfinished tasks that updates may pick: a list (for seeded random picks) plus
+        # positions (for O(1) removal), instead of scanning the whole listing per step (a
+        # scan builds every task: ~0.3 s at 20k tasks). Entries a test finished behind the
+        # simulator's back are dropped when picked.
+        self.pending: list[int] = []
+        self.pending_at: dict[int, int] = {}
+        if self.timed:
+            for i in range(tasks):
+                if i not in self.stuck and self._generated_status(i) not in TERMINAL:
+                    self._pending_add(i)
 
     # ---- tasks -----------------------------------------------------------------------------------
     def task_id(self, i: int) -> str:
@@ -159,11 +232,14 @@ class Simulator:
         i, rest = divmod(int(task_id[:13]) - T0_MS, self.gap_ms)
         return i if rest == 0 and i >= 0 and i % 1000 == int(task_id[13:]) else None
 
-    def _generated(self, i: int) -> dict[str, Any]:
+    def _generated_status(self, i: int) -> str:
+        """The status of task i as generated (before any change), without building it."""
+        if i in self.stuck:
+            return "SUBMITTED"
         h, h2 = _h(i, self.seed), _h(i, self.seed + 1)
         r = h % 1000
         pm = self.unfinished_per_mille
-        status = (
+        return (
             "SUCCESS"
             if r < 880 - pm
             else "FAILURE"
@@ -172,6 +248,10 @@ class Simulator:
             if r < 1000 - pm
             else UNFINISHED[h2 % 4]
         )
+
+    def _generated(self, i: int) -> dict[str, Any]:
+        h, h2 = _h(i, self.seed), _h(i, self.seed + 1)
+        status = self._generated_status(i)
         return self._build(i, ACTIONS[h2 % len(ACTIONS)], status, T0_MS + i * self.gap_ms, h)
 
     def _build(self, i: int, action: str, status: str, submit: int, h: int) -> dict[str, Any]:
@@ -256,22 +336,58 @@ class Simulator:
         with self.lock:
             return [self.task_id(i) for i in reversed(self.alive)]
 
+    def stats(self) -> dict[str, int]:
+        """Counts for a soak test's report: listed now, arrived, expired, requests, and in the
+        time-driven mode the unfinished tasks updates may pick and the stuck ones listed."""
+        with self.lock:
+            return {
+                "listed": len(self.alive),
+                "arrived": self.next_index - self.initial,
+                "expired": self.expired,
+                "requests": self.requests,
+                "pending": len(self.pending),
+                "stuck": len(self.stuck),
+                "clock_ms": self.clock_ms,
+            }
+
     # ---- change ----------------------------------------------------------------------------------
+    def _tick(self, at: float | None = None) -> int:
+        """Move the simulated clock for one event and return it: 1 s per event per request,
+        or in the time-driven mode to wall time `at` (default now), at least 1 ms on."""
+        if self.timed:
+            wall = at if at is not None else self.wall()
+            self.clock_ms = max(self.clock_ms + 1, self.clock0_ms + int((wall - self.wall0) * 1000))
+        else:
+            self.clock_ms += 1000
+        return self.clock_ms
+
+    def _arrive_one(self, at: float | None = None) -> str:
+        """One new task at the head, submitted now (or at wall time `at` in the timed mode)."""
+        now = self._tick(at)
+        i = self.next_index
+        if self.timed:
+            # Skip indexes up to the clock, and never let the clock fall behind the new id.
+            i = max(i, (now - T0_MS) // self.gap_ms)
+            self.clock_ms = now = max(now, T0_MS + i * self.gap_ms)
+        self.next_index = i + 1
+        h = _h(i, self.seed)
+        stuck = self.stuck_share > 0 and self.time_rng.random() < self.stuck_share
+        status = "SUBMITTED" if stuck or h % 9 else "MODAL"
+        task = self._build(i, ACTIONS[h % len(ACTIONS)], status, now, h)
+        self.overrides[i] = task
+        self.alive.append(i)
+        if stuck:
+            self.stuck.add(i)
+        elif self.timed:
+            self._pending_add(i)
+        if self.ttl_s is not None:
+            self.arrived_at[i] = at if at is not None else self.wall()
+        return str(task["id"])
+
     def arrive(self, n: int = 1) -> list[str]:
         """n new tasks at the head of the list, just submitted."""
         with self.lock:
-            out = []
-            for _ in range(n):
-                i = self.next_index
-                self.next_index += 1
-                self.clock_ms += 1000
-                h = _h(i, self.seed)
-                status = "MODAL" if h % 9 == 0 else "SUBMITTED"
-                task = self._build(i, ACTIONS[h % len(ACTIONS)], status, self.clock_ms, h)
-                self.overrides[i] = task
-                self.alive.append(i)
-                out.append(task["id"])
-            return out
+            return [self._arrive_one() for _ in range(n)]
 
     def unfinished(self) -> list[int]:
         with self.lock:
@@ -282,8 +398,8 @@ class Simulator:
         with self.lock:
             t = dict(self.task(i))
             t["properties"] = dict(t.get("properties") or {})
-            self.clock_ms += 1000
-            now, h = self.clock_ms, _h(i, self.seed + self.clock_ms)
+            now = self._tick()
+            h = _h(i, self.seed + now)
             st = t["status"]
             if st in ("NOT_START", "MODAL"):
                 t.update(status="SUBMITTED", progress="0%")
@@ -312,34 +428,105 @@ class Simulator:
                 t["properties"]["imageSeed"] = str(h)
             self.overrides[i] = t
 
+    def _forget(self, i: int) -> None:
+        """Drop what the simulator keeps about a task that left the listing."""
+        self.overrides.pop(i, None)
+        self.stuck.discard(i)
+        self.arrived_at.pop(i, None)
+        self._pending_drop(i)
+
     def remove(self, i: int) -> None:
         with self.lock:
             pos = bisect.bisect_left(self.alive, i)
             if pos < len(self.alive) and self.alive[pos] == i:
                 del self.alive[pos]
-                self.overrides.pop(i, None)
+                self._forget(i)
 
     def expire(self, n: int = 1) -> None:
         """The n oldest tasks reach the end of their retention."""
         with self.lock:
-            for i in self.alive[:n]:
-                self.overrides.pop(i, None)
+            gone = self.alive[:n]
+            for i in gone:
+                self._forget(i)
             del self.alive[:n]
+            self.expired += len(gone)
 
-    def _draw(self, rate: float) -> int:
+    def _draw(self, rate: float, rng: random.Random | None = None) -> int:
         whole, frac = divmod(rate, 1.0)
-        return int(whole) + (1 if self.rng.random() < frac else 0)
+        return int(whole) + (1 if (rng or self.rng).random() < frac else 0)
 
     def _live_step(self) -> None:
         if self.arrivals_per_request:
             self.arrive(self._draw(self.arrivals_per_request))
         if self.updates_per_request:
             pending = self.unfinished()
+            if self.stuck:  # stuck tasks never move on their own
+                pending = [i for i in pending if i not in self.stuck]
             for _ in range(self._draw(self.updates_per_request)):
                 if pending:
                     self.advance(pending[self.rng.randrange(len(pending))])
         if self.expiries_per_request:
             self.expire(self._draw(self.expiries_per_request))
+
+    # ---- time-driven mode ------------------------------------------------------------------------
+    def _pending_add(self, i: int) -> None:
+        if i not in self.pending_at:
+            self.pending_at[i] = len(self.pending)
+            self.pending.append(i)
+
+    def _pending_drop(self, i: int) -> None:
+        pos = self.pending_at.pop(i, None)
+        if pos is not None:  # swap with the last entry: O(1), and still deterministic
+            last = self.pending.pop()
+            if last != i:
+                self.pending[pos] = last
+                self.pending_at[last] = pos
+
+    def _arrival_time(self, i: int) -> float:
+        """Wall time at which task i arrived (initial tasks: spread over the ttl before us)."""
+        at = self.arrived_at.get(i)
+        if at is not None:
+            return at
+        if i < self.initial and self.ttl_s is not None:
+            return self.wall0 - (self.initial - i) / self.initial * self.ttl_s
+        return self.wall0  # a task a test put in the listing by hand: from construction
+
+    def _time_step(self) -> None:
+        """Apply what happened since the last step: arrivals, updates, then expiry."""
+        if not self.timed:
+            return
+        now = self.wall()
+        start, elapsed = self.last_step, now - self.last_step
+        if elapsed <= 0:
+            return
+        self.last_step = now
+        if self.arrivals_per_s:
+            n = self._draw(self.arrivals_per_s * elapsed, self.time_rng)
+            for k in range(n):  # spread over the interval, so submit times look like a stream
+                self._arrive_one(start + elapsed * (k + 1) / n)
+        if self.updates_per_s:
+            for _ in range(self._draw(self.updates_per_s * elapsed, self.time_rng)):
+                i = self._pick_pending()
+                if i is None:
+                    break
+                self.advance(i)
+                if self.task(i)["status"] in TERMINAL:
+                    self._pending_drop(i)
+        if self.ttl_s is not None:
+            cutoff, n = now - self.ttl_s, 0
+            while n < len(self.alive) and self._arrival_time(self.alive[n]) <= cutoff:
+                n += 1
+            if n:
+                self.expire(n)
+
+    def _pick_pending(self) -> int | None:
+        """A random unfinished task that may move on, or None when there is none."""
+        while self.pending:
+            i = self.pending[self.time_rng.randrange(len(self.pending))]
+            if self.task(i)["status"] not in TERMINAL:
+                return i
+            self._pending_drop(i)  # a test finished it directly
+        return None
 
     # ---- the API ---------------------------------------------------------------------------------
     def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Reply:
@@ -359,6 +546,7 @@ class Simulator:
                 return Reply(400, b'{"error":"Bad Request","status":400}')
             if self.on_request is not None:
                 self.on_request(self)
+            self._time_step()
             self._live_step()
             if path == "/mj/task/query":
                 self.query_requests += 1
