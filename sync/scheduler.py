@@ -259,6 +259,11 @@ class Daemon:
             signal.signal(s, self._signal)
         names = ", ".join(s.name for s in self.settings.sources)
         log.info("daemon started (pid %d) for %s", os.getpid(), names)
+        try:
+            for warning in self.store.warnings():
+                log.warning("%s", warning)
+        except Exception as exc:  # a check, never a reason not to start
+            log.debug("server settings not checked: %s", exc)
         self.scheduler.start()
         deadline = time.monotonic() + self.settings.schedule.shutdown_timeout_s
         with self.idle:

@@ -57,6 +57,8 @@ TASK_COLUMNS = [c.name for c in Task.__table__.columns]
 UPDATE_COLUMNS = [c for c in TASK_COLUMNS if c not in ("source", "id", "first_seen_at")]
 EVENT_COLUMNS = [c.name for c in TaskEvent.__table__.columns if c.name != "id"]
 LEASE_SECONDS = 60.0
+SEEN_REFRESH = timedelta(hours=1)  # a sweep refreshes last_seen_at only when older than this
+WAL_SIZE_LIMIT = 64 << 20  # bytes the SQLite WAL file is cut back to after a checkpoint
 RECHECK_FIRST_S = 60.0  # an unfinished task list-by-condition missed is asked again after 1 min,
 RECHECK_MAX_S = 6 * 3600.0  # then 2, 4, 8 ... minutes, at most every 6 hours until a sweep
 WAL_BACKSTOP_PAGES = 16384  # auto-checkpoint only if the background checkpointer falls behind
@@ -189,6 +191,20 @@ class Store:
                 conn.exec_driver_sql("SELECT 1")
         except sa_exc.SQLAlchemyError as exc:
             raise self.db_error(exc, "connecting") from None
+
+    def warnings(self) -> list[str]:
+        """Settings of the database server that will hurt a long-running archive."""
+        if self.dialect != "postgresql":
+            return []
+        with self.engine.connect() as conn:
+            autovacuum = conn.exec_driver_sql("SHOW autovacuum").scalar()
+        if autovacuum == "off":
+            return [
+                f"database {self.display_url}: autovacuum is off, so rows tasksync updates "
+                "leave dead versions behind and the archive and its syncs grow slower over "
+                "weeks; turn it on, or VACUUM ANALYZE the archive regularly"
+            ]
+        return []
 
     def dispose(self) -> None:
         if self.wal is not None:
@@ -645,12 +661,19 @@ class Store:
         return len(missing)
 
     def touch_seen(self, source: str, now: datetime) -> None:
-        """After a complete sweep every present task was seen now: one statement, not a row each.
-        The sweep has also settled every missed re-check (seen, or marked gone): forgotten."""
+        """After a complete sweep every present task was seen now: one statement, not a row each,
+        and only for rows whose `last_seen_at` is more than SEEN_REFRESH old, so frequent
+        sweeps do not rewrite the whole archive each time (on PostgreSQL every rewritten row
+        is a dead version for vacuum). The sweep has also settled every missed re-check (seen,
+        or marked gone): forgotten."""
         with self.guarded(source) as conn:
             conn.execute(
                 update(Task)
-                .where(Task.source == source, Task.gone_at.is_(None))
+                .where(
+                    Task.source == source,
+                    Task.gone_at.is_(None),
+                    Task.last_seen_at < now - SEEN_REFRESH,
+                )
                 .values(last_seen_at=now)
             )
             conn.execute(delete(Recheck).where(Recheck.source == source))
@@ -1006,6 +1029,8 @@ def _sqlite_pragmas(engine: Engine) -> None:
         cur.execute("PRAGMA synchronous=NORMAL")
         # Commits leave the log to WalCheckpointer's thread; this is only a backstop.
         cur.execute(f"PRAGMA wal_autocheckpoint={WAL_BACKSTOP_PAGES}")
+        # A backfill grows the WAL to hundreds of MB; without a limit it never shrinks.
+        cur.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 

@@ -241,3 +241,20 @@ def test_unfinished_task_returned_again_forgets_its_misses(sqlite_store: Store) 
     before = sim.requests
     pipeline.incremental(sqlite_store, client, src, clock)
     assert sim.requests - before == 2  # the head page and the unfinished task, every time
+
+
+def test_sweep_refreshes_last_seen_at_only_when_an_hour_old(store: Store) -> None:
+    """A complete sweep moves last_seen_at of tasks it saw, but rows refreshed less than an
+    hour ago are left alone: sweeps every minute do not rewrite the whole archive."""
+    sim = Simulator(300)
+    client, src = setup(store, sim)
+    clock = Clock()
+    pipeline.backfill(store, client, src, clock)
+    first = {tid: row["last_seen_at"] for tid, row in archive(store).items()}
+    clock.now += timedelta(minutes=30)
+    pipeline.sweep(store, client, src, clock)
+    assert {tid: row["last_seen_at"] for tid, row in archive(store).items()} == first
+    clock.now += timedelta(minutes=45)
+    pipeline.sweep(store, client, src, clock)
+    later = {row["last_seen_at"] for row in archive(store).values()}
+    assert len(later) == 1 and later.pop() > max(first.values()) + timedelta(hours=1)
