@@ -13,7 +13,7 @@ while unfinished). With tasks = arrivals-per-s x ttl-s the list keeps its size, 
 daemon settles into syncs of a steady cost and sweeps that keep up. A task needs about 4.1
 updates to finish, so below ~4.1 x the non-stuck arrivals the server's own unfinished tasks,
 which every sync re-checks, grow for about --ttl-s (the script says so at the start; the
-"srv unfin" column shows it): at the default 50 updates/s they do, at 100 they do not.
+"srv unfin" column shows it): at 50 updates/s they do, at the default 100 they do not.
 
 The archive is fresh (a SQLite file in a temp dir, or a new PostgreSQL database that is
 dropped at the end), migrated with `tasksync db upgrade`; the daemon (`python -m sync run`,
@@ -669,7 +669,7 @@ def main() -> int:
     ap.add_argument("--warmup-min", type=float, default=2.0)
     ap.add_argument("--tasks", type=int, default=20_000)
     ap.add_argument("--arrivals-per-s", type=float, default=20.0)
-    ap.add_argument("--updates-per-s", type=float, default=50.0)
+    ap.add_argument("--updates-per-s", type=float, default=100.0)
     ap.add_argument("--ttl-s", type=float, default=1000.0)
     ap.add_argument("--stuck-share", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=11)
