@@ -143,16 +143,17 @@ def job_write(kind: str, tasks: int, tmp: str) -> dict[str, Any]:
     transaction: the write-only limit for this schema."""
     from datetime import UTC, datetime
 
+    from sync import schema
     from sync.records import build, fingerprint
     from sync.simulator import Simulator
     from sync.store import Store
 
     url = fresh_db(kind, tmp)
     store = Store(url)
-    store.upgrade()
+    schema.upgrade(store)
     sim = Simulator(tasks, seed=1)
-    at = store._ts(datetime.now(UTC))
-    sql = store._upsert_sql[0]
+    at = store.binder.ts(datetime.now(UTC))
+    sql = store.upsert_sql
     spent = 0.0
     with store.engine.connect() as conn:
         raw = conn.connection.driver_connection
@@ -177,14 +178,14 @@ def job_write(kind: str, tasks: int, tmp: str) -> dict[str, Any]:
 
 
 def job_tasksync(kind: str, base: str, tasks: int, tmp: str, again: bool) -> dict[str, Any]:
-    from sync import pipeline
+    from sync import pipeline, schema
     from sync.client import Client
     from sync.config import SourceSettings
     from sync.store import Store
 
     url = fresh_db(kind, tmp)
     store = Store(url)
-    store.upgrade()
+    schema.upgrade(store)
     src = SourceSettings(
         name="b",
         base_url=base,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sync import pipeline
+from sync import pipeline, schema
 from sync.client import Client
 from sync.config import SourceSettings
 from sync.simulator import Simulator, SimulatorServer
@@ -47,7 +47,7 @@ def main() -> None:
     unfinish()
     with tempfile.TemporaryDirectory() as tmp, SimulatorServer(sim) as server:
         store = Store(args.db or f"sqlite:///{tmp}/inc.db")
-        store.upgrade()
+        schema.upgrade(store)
         src = SourceSettings(name="bench", base_url=server.url, max_requests_per_second=10_000)
         with Client(src) as client:
             t0 = time.perf_counter()

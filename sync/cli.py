@@ -81,13 +81,14 @@ class App:
         return self._settings
 
     def store(self, *, migrate_check: bool = True) -> Any:
+        from sync import schema
         from sync.store import Store
 
         store = Store(self.settings.database.url)
         click.get_current_context().call_on_close(store.dispose)
         store.ping()
         if migrate_check:
-            store.require_current()
+            schema.require_current(store)
         return store
 
     def client(self, src: SourceSettings) -> Any:
@@ -141,9 +142,11 @@ def db() -> None:
 @pass_app
 def db_upgrade(app: App, revision: str) -> None:
     """Migrate the database up to REVISION (default: head)."""
+    from sync import schema
+
     store = app.store(migrate_check=False)
-    store.upgrade(revision)
-    click.echo(f"database {store.display_url} at revision {store.current()}")
+    schema.upgrade(store, revision)
+    click.echo(f"database {store.display_url} at revision {schema.current(store)}")
 
 
 @db.command("downgrade")
@@ -151,17 +154,21 @@ def db_upgrade(app: App, revision: str) -> None:
 @pass_app
 def db_downgrade(app: App, revision: str) -> None:
     """Migrate the database down to REVISION (e.g. 0001, or base)."""
+    from sync import schema
+
     store = app.store(migrate_check=False)
-    store.downgrade(revision)
-    click.echo(f"database {store.display_url} at revision {store.current() or 'base'}")
+    schema.downgrade(store, revision)
+    click.echo(f"database {store.display_url} at revision {schema.current(store) or 'base'}")
 
 
 @db.command("current")
 @pass_app
 def db_current(app: App) -> None:
     """Print the database's schema revision and the newest one tasksync knows."""
+    from sync import schema
+
     store = app.store(migrate_check=False)
-    click.echo(f"current: {store.current() or 'none'}  head: {store.head()}")
+    click.echo(f"current: {schema.current(store) or 'none'}  head: {schema.head()}")
 
 
 @db.command("grant-reader")
@@ -183,8 +190,10 @@ def db_grant_reader(
         password = os.environ.get(password_env)
         if not password:
             raise ConfigError(f"--password-env {password_env}: the variable is not set")
+    from sync import schema
+
     store = app.store(migrate_check=False)
-    for stmt in store.grant_reader(name, password, host=host, execute=not print_only):
+    for stmt in schema.grant_reader(store, name, password, host=host, execute=not print_only):
         click.echo(f"{stmt};")
     if print_only:
         if password_env:
@@ -197,12 +206,14 @@ def db_grant_reader(
 @pass_app
 def db_check(app: App) -> None:
     """Exit 1 unless the database is at head and matches the models."""
+    from sync import schema
+
     store = app.store(migrate_check=False)
-    store.require_current()
-    diffs = store.check()
+    schema.require_current(store)
+    diffs = schema.check(store)
     if diffs:
         raise TasksyncError(f"schema differs from the models: {'; '.join(diffs)[:500]}")
-    click.echo(f"database {store.display_url} is at head ({store.head()}) and matches the models")
+    click.echo(f"database {store.display_url} is at head ({schema.head()}) and matches the models")
 
 
 # ---- running -------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from sync import pipeline
+from sync import pipeline, schema
 from sync.client import Client
 from sync.config import SourceSettings
 from sync.report import failure_rate_by_day, status_history, timings_by_action_day
@@ -26,7 +26,7 @@ def run_demo(path: Path, tasks: int, progress_cls: Any) -> None:
     with SimulatorServer(sim) as server:
         src = SourceSettings(name="demo", base_url=server.url, max_requests_per_second=1000)
         store = Store(f"sqlite:///{path}")
-        store.upgrade()
+        schema.upgrade(store)
         click.echo(f"simulator at {server.url} with {tasks} tasks; archive {path}")
         with Client(src) as client:
             with progress_cls("backfill demo") as progress:

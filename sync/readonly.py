@@ -194,7 +194,7 @@ def _timed_out(timeout_s: float) -> DatabaseError:
 def run(url: str, sql: str, timeout_s: float) -> Iterator[Rows]:
     """Run one read-only statement on a connection of its own; yield its column names and
     an iterator over its rows (streamed). The connection is closed when the block ends."""
-    from sync.store import normalize_url
+    from sync.engine import normalize_url
 
     u = normalize_url(url)
     dialect = u.get_backend_name()
@@ -251,7 +251,7 @@ def _server(url: Any, dialect: str, sql: str, timeout_s: float) -> Iterator[Rows
     from sqlalchemy import exc as sa_exc
     from sqlalchemy.pool import NullPool
 
-    from sync.store import scrub
+    from sync.engine import scrub
 
     ms = max(1, int(timeout_s * 1000))
     if dialect == "postgresql":
@@ -374,6 +374,14 @@ def _mariadb(conn: Any, sql: str, timeout_s: float) -> Iterator[Rows]:
             result = getattr(cur, "_result", None)
             if result is not None:
                 result.unbuffered_active = False
+
+
+def query_all(
+    url: str, sql: str, timeout_s: float = 30.0
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """`run`, with every row collected (for small results: tests, the README's examples)."""
+    with run(url, sql, timeout_s) as (cols, rows):
+        return cols, list(rows)
 
 
 READER_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"

@@ -18,9 +18,11 @@ from typing import Any
 import pytest
 import stamina
 
+from sync import schema
 from sync.config import SourceSettings
+from sync.schema import migrations_dir
 from sync.simulator import Simulator, SimulatorServer
-from sync.store import Store, migrations_dir
+from sync.store import Store
 
 RUN = f"tsync_{os.getpid()}_{uuid.uuid4().hex[:6]}"
 COUNTER = itertools.count()
@@ -136,7 +138,7 @@ def sqlite_url(tmp_path: Path) -> Iterator[str]:
 
 def migrated(url: str) -> Store:
     store = Store(url)
-    store.upgrade()
+    schema.upgrade(store)
     return store
 
 

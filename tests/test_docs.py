@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import pytest
 
-from sync import pipeline
+from sync import pipeline, readonly
 from sync.cli import cli
 from sync.client import Client
 from sync.simulator import Simulator
@@ -63,7 +63,7 @@ def test_readme_queries_run(store: Store) -> None:
     ran = 0
     for kind, sql in SQL_BLOCKS:
         if kind in ("any", dialect):
-            cols, rows = store.readonly_query(sql)
+            cols, rows = readonly.query_all(store.url.render_as_string(hide_password=False), sql)
             assert cols, sql
             ran += 1
             if "SUBMITTED" in sql or "failure_pct" in sql:

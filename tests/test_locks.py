@@ -7,9 +7,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import insert
 
+from sync import schema
 from sync.errors import LockHeld
+from sync.locks import WriterLock
 from sync.models import Lease
-from sync.store import Store, WriterLock
+from sync.store import Store
 
 NOW = datetime(2026, 11, 27, tzinfo=UTC)
 
@@ -46,7 +48,7 @@ def test_lock_excludes_a_second_writer_and_names_the_holder(store: Store, db_url
 def test_connection_lock_released_when_holder_connection_dies(server_db_url: str) -> None:
     """PostgreSQL/MariaDB: a holder whose connection drops (crash) frees the lock at once."""
     store = Store(server_db_url)
-    store.upgrade()
+    schema.upgrade(store)
     lock = WriterLock(store, "main")
     lock.acquire(NOW)
     assert lock.conn is not None

@@ -10,13 +10,14 @@ from pytest_alembic.tests import (  # noqa: F401 - collected as tests
 )
 from sqlalchemy import inspect
 
+from sync import schema
 from sync.store import Store
 
 
 def test_alembic_check_finds_no_difference(store: Store) -> None:
     """`alembic check` (compare_metadata) reports nothing after upgrade to head."""
-    assert store.check() == []
-    assert store.current() == store.head()
+    assert schema.check(store) == []
+    assert schema.current(store) == schema.head()
 
 
 def test_migrations_create_views_and_tables(store: Store) -> None:
@@ -29,20 +30,20 @@ def test_migrations_create_views_and_tables(store: Store) -> None:
 
 def test_downgrade_to_base_and_back(store: Store) -> None:
     """Every revision downgrades cleanly, and upgrading again restores head."""
-    store.downgrade("base")
-    assert store.current() is None
+    schema.downgrade(store, "base")
+    assert schema.current(store) is None
     assert "tasks" not in inspect(store.engine).get_table_names()
-    store.upgrade()
-    assert store.current() == store.head()
+    schema.upgrade(store)
+    assert schema.current(store) == schema.head()
 
 
 def test_postgresql_json_columns_use_lz4(store: Store) -> None:
     """Revision 0004: on a PostgreSQL with lz4, new JSON values in tasks compress with lz4
     (cheaper bulk upserts); downgrading restores pglz. Elsewhere it changes nothing."""
     if store.dialect != "postgresql":
-        store.downgrade("0003")
-        store.upgrade()
-        assert store.check() == []
+        schema.downgrade(store, "0003")
+        schema.upgrade(store)
+        assert schema.check(store) == []
         return
 
     def methods() -> set[str]:
@@ -61,7 +62,7 @@ def test_postgresql_json_columns_use_lz4(store: Store) -> None:
         assert methods() == {""}
         return
     assert methods() == {"l"}
-    store.downgrade("0003")
+    schema.downgrade(store, "0003")
     assert methods() == {"p"}
-    store.upgrade()
+    schema.upgrade(store)
     assert methods() == {"l"}

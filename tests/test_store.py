@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import update
 
+from sync import readonly
 from sync.errors import DatabaseError, LockHeld, QueryRefused
 from sync.models import Lease, Task, TaskEvent
 from sync.records import Rejected, fingerprint, normalize
@@ -17,6 +18,10 @@ from sync.store import Store
 from .helpers import archive, count, events
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+def query_all(store: Store, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    return readonly.query_all(store.url.render_as_string(hide_password=False), sql)
 
 
 def task(tid: Any = "1767225600000001", **kw: Any) -> dict[str, Any]:
@@ -191,9 +196,9 @@ def test_store_readonly_query_refuses_writes_at_database_level(store: Store) -> 
         "mysql": "SELECT * FROM tasks INTO OUTFILE '/tmp/tasksync-leak.txt'",
     }
     with pytest.raises(QueryRefused):
-        store.readonly_query(sneaky[store.dialect])
+        query_all(store, sneaky[store.dialect])
     assert count(store, Task) == 1
-    cols, rows = store.readonly_query("SELECT id, status FROM tasks")
+    cols, rows = query_all(store, "SELECT id, status FROM tasks")
     assert cols == ["id", "status"] and rows == [("1767225600000001", "SUCCESS")]
 
 

@@ -1,0 +1,135 @@
+"""The archive's schema on a live database: Alembic upgrade, downgrade, current and check
+(from any install: the migrations ship inside the package), and logins that may only read.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, inspect
+from sqlalchemy import exc as sa_exc
+
+from sync.engine import Database
+from sync.errors import ConfigError, DatabaseError
+
+
+def migrations_dir() -> Path:
+    """The Alembic script folder: the installed `sync.migrations`, or the checkout's."""
+    spec = importlib.util.find_spec("sync.migrations")
+    if spec is not None and spec.origin:
+        return Path(spec.origin).parent
+    return Path(__file__).resolve().parent.parent / "migrations"
+
+
+def _alembic(conn: Connection | None = None) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    if conn is not None:
+        cfg.attributes["connection"] = conn
+    return cfg
+
+
+def upgrade(db: Database, revision: str = "head") -> None:
+    """Migrate up to `revision` in one transaction."""
+    from alembic import command
+
+    try:
+        with db.write() as conn:
+            command.upgrade(_alembic(conn), revision)
+    except sa_exc.SQLAlchemyError as exc:
+        raise db.db_error(exc, "migrating") from None
+
+
+def downgrade(db: Database, revision: str) -> None:
+    """Migrate down to `revision` (a revision id, or base)."""
+    from alembic import command
+    from alembic.util import CommandError
+
+    try:
+        with db.write() as conn:
+            command.downgrade(_alembic(conn), revision)
+    except CommandError as exc:
+        raise ConfigError(f"cannot downgrade to {revision!r}: {exc}") from None
+    except sa_exc.SQLAlchemyError as exc:
+        raise db.db_error(exc, "migrating") from None
+
+
+def current(db: Database) -> str | None:
+    """The database's revision (None before the first upgrade)."""
+    from alembic.runtime.migration import MigrationContext
+
+    try:
+        with db.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    except sa_exc.SQLAlchemyError as exc:
+        raise db.db_error(exc, "reading the schema revision") from None
+
+
+def head() -> str:
+    """The newest revision this tasksync knows."""
+    from alembic.script import ScriptDirectory
+
+    newest = ScriptDirectory.from_config(_alembic()).get_current_head()
+    assert newest is not None
+    return newest
+
+
+def check(db: Database) -> list[str]:
+    """Differences between the models and the database (empty when in step)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from sync.models import Base
+
+    with db.engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+        return [str(d) for d in compare_metadata(ctx, Base.metadata)]
+
+
+def require_current(db: Database) -> None:
+    """Refuse to run against a database that is not migrated to head."""
+    at, newest = current(db), head()
+    if at != newest:
+        raise DatabaseError(
+            f"database {db.display_url} is at schema revision {at or 'none'}, "
+            f"tasksync needs {newest}: run `tasksync db upgrade`"
+        )
+
+
+def grant_reader(
+    db: Database, name: str, password: str | None, *, host: str = "%", execute: bool = True
+) -> list[str]:
+    """Create (or update) a login that can only read the archive's tables and views; the
+    statements (the password shown as '***'), run unless `execute` is False. Re-run it after
+    `db upgrade` adds tables."""
+    from sync.readonly import grant_reader_sql, with_password
+
+    try:
+        with db.engine.connect() as conn:
+            insp = inspect(conn)
+            tables = set(insp.get_table_names()) - {"alembic_version"}
+            relations = sorted(tables) + sorted(insp.get_view_names())
+            exists = db.dialect == "postgresql" and bool(
+                conn.exec_driver_sql("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).first()
+            )
+        sql = grant_reader_sql(
+            db.dialect,
+            name,
+            db.url.database or "",
+            relations,
+            exists=exists,
+            password=password,
+            host=host,
+        )
+        if execute:
+            with db.write() as conn:
+                for stmt in sql:
+                    filled = with_password(stmt, password, db.dialect)
+                    conn.exec_driver_sql(filled.replace("%", "%%"))
+    except sa_exc.DBAPIError as exc:
+        raise db.db_error(exc, "granting read access") from None
+    return sql
