@@ -31,7 +31,7 @@ import click
 from sync import __version__
 from sync.config import Settings, SourceSettings, effective_view, load
 from sync.errors import ConfigError, TasksyncError
-from sync.models import RUN_COUNTERS
+from sync.runs import COUNTERS
 
 log = logging.getLogger("tasksync")
 
@@ -243,7 +243,7 @@ def stop_on_signals() -> Iterator[threading.Event]:
 
 def log_run(report: Any) -> None:
     """One line per run, text or JSON (the fields go into the JSON record)."""
-    names = ("source", "kind", "outcome", *(c for c in RUN_COUNTERS if c != "tasks_seen"))
+    names = ("source", "kind", "outcome", *(c for c in COUNTERS if c != "tasks_seen"))
     fields = {k: getattr(report, k) for k in names}
     fields["duration_s"] = round(report.duration_s, 2)
     if report.dry_run:

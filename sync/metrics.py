@@ -7,6 +7,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from sync.runs import RunReport
+
 log = logging.getLogger("tasksync.metrics")
 
 
@@ -72,7 +74,7 @@ class Metrics:
         log.info("metrics at http://%s:%d/metrics", host, bound)
         return bound
 
-    def observe(self, report: Any, archived: int | None, finished_at: float) -> None:
+    def observe(self, report: RunReport, archived: int | None, finished_at: float) -> None:
         src, kind = report.source, report.kind
         self.runs.labels(src, kind, report.outcome).inc()
         self.requests.labels(src, kind).inc(report.requests)

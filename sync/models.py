@@ -32,19 +32,6 @@ NAMING_CONVENTION = {
 }
 
 TERMINAL_STATUSES = ("SUCCESS", "FAILURE", "CANCEL")
-# The per-run counters of sync_runs, in one place for the ledger, the pipeline and the log.
-RUN_COUNTERS = (
-    "pages",
-    "requests",
-    "retries",
-    "tasks_seen",
-    "inserted",
-    "changed",
-    "unchanged",
-    "gone",
-    "returned",
-    "rejected",
-)
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -12,17 +12,16 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from sync.client import BY_IDS_MAX, Client
 from sync.config import SourceSettings
 from sync.errors import TasksyncError
-from sync.models import RUN_COUNTERS
 from sync.prefetch import FetchProcess, Pages, Prefetcher
 from sync.records import task_id
-from sync.store import SaveResult, Store
+from sync.runs import RunReport, SaveResult
+from sync.store import Store
 from sync.walk import Cursor, Runaway, WalkStats, page_ids, walk
 
 log = logging.getLogger("tasksync.pipeline")
@@ -34,44 +33,6 @@ Progress = Callable[[int, int, int | None], None]
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass
-class RunReport:
-    """What one run did; also the `sync_runs` counters."""
-
-    source: str
-    kind: str
-    outcome: str = "running"
-    run_id: int | None = None
-    pages: int = 0
-    requests: int = 0
-    retries: int = 0
-    tasks_seen: int = 0
-    inserted: int = 0
-    changed: int = 0
-    unchanged: int = 0
-    gone: int = 0
-    returned: int = 0
-    rejected: int = 0
-    duration_s: float = 0.0
-    error: str | None = None
-    dry_run: bool = False
-    notes: list[str] = field(default_factory=list)
-
-    def absorb(self, res: SaveResult) -> None:
-        self.tasks_seen += res.seen
-        self.inserted += res.inserted
-        self.changed += res.changed
-        self.unchanged += res.unchanged
-        self.returned += res.returned
-        self.rejected += res.rejected
-
-    def counts(self) -> dict[str, int]:
-        return {k: getattr(self, k) for k in RUN_COUNTERS}
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class Interrupted(Exception):
@@ -124,9 +85,7 @@ def run_recorded(
             report.requests, report.retries = client.requests - req0, client.retries - ret0
             report.duration_s = time.monotonic() - t0
             try:
-                store.finish_run(
-                    report.run_id, report.counts(), report.outcome, report.error, clock()
-                )
+                store.finish_run(report, clock())
             except Exception as exc:  # the database may be what failed; keep the first error
                 log.warning(
                     "source %s: could not record the run's outcome: %s",
@@ -144,7 +103,7 @@ class NewShare:
         self.value = 1.0
 
     def update(self, res: SaveResult) -> None:
-        self.value = (res.inserted + res.changed + res.returned) / max(1, res.seen)
+        self.value = (res.inserted + res.changed + res.returned) / max(1, res.tasks_seen)
 
 
 def _pages(
@@ -221,7 +180,7 @@ def backfill(
                 if due or res.inserted + res.changed + res.returned:
                     last_checkpoint = time.monotonic()
                 report.pages += 1
-                report.absorb(res)
+                report.add(res)
                 hint.update(res)
                 if progress:
                     progress(report.pages, report.tasks_seen, page.total)
@@ -250,7 +209,7 @@ def _save_unseen(
     """Save tasks not already handled in this run (so dry-run counts are not doubled)."""
     fresh = [t for t in tasks if task_id(t) not in seen]
     res = store.save(src.name, fresh, report.run_id, clock(), dry_run=dry_run)
-    report.absorb(res)
+    report.add(res)
     seen.update(res.statuses)
     return res
 
@@ -351,7 +310,7 @@ def sweep(
                 res = store.save(
                     src.name, page.prepared, report.run_id, page.prepared.now, dry_run=dry_run
                 )
-                report.absorb(res)
+                report.add(res)
                 hint.update(res)
                 seen.update(page_ids(page))
                 _check(stop)

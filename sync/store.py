@@ -11,7 +11,6 @@ import logging
 import os
 import socket
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -24,7 +23,6 @@ from sync.batch import Binder, Built, Prepared, json_or_none, prepare
 from sync.engine import Database, scrub
 from sync.errors import MassGoneRefused, printable
 from sync.models import (
-    RUN_COUNTERS,
     TERMINAL_STATUSES,
     Checkpoint,
     Recheck,
@@ -33,6 +31,7 @@ from sync.models import (
     TaskEvent,
 )
 from sync.records import Fingerprint, Rejected, changed_fields
+from sync.runs import RunCounts, RunReport, SaveResult
 
 log = logging.getLogger("tasksync.store")
 
@@ -51,24 +50,6 @@ def _log_rejected(source: str, tid: str | None, reason: str) -> None:
 
 
 Event = tuple[str, Built, str, str | None, list[str] | None]  # id, row, kind, previous, fields
-
-
-@dataclass
-class SaveResult:
-    """What one `save` did (or, in a dry run, would do)."""
-
-    inserted: int = 0
-    changed: int = 0
-    unchanged: int = 0
-    returned: int = 0
-    rejected: int = 0
-    seen: int = 0
-    statuses: dict[str, str | None] = field(default_factory=dict)
-    new_ids: set[str] = field(default_factory=set)
-
-    def add(self, other: SaveResult) -> None:
-        for name in ("inserted", "changed", "unchanged", "returned", "rejected", "seen"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
 class Store(Database):
@@ -100,7 +81,7 @@ class Store(Database):
             outcome="running",
             host=socket.gethostname()[:255],
             pid=os.getpid(),
-            **dict.fromkeys(RUN_COUNTERS, 0),
+            **RunCounts().counts(),
         )
         try:
             with self.write() as conn:
@@ -111,22 +92,21 @@ class Store(Database):
         except sa_exc.SQLAlchemyError as exc:
             raise self.db_error(exc, "recording the run") from None
 
-    def finish_run(
-        self, run_id: int, counts: dict[str, int], outcome: str, error: str | None, now: datetime
-    ) -> None:
+    def finish_run(self, report: RunReport, now: datetime) -> None:
+        """Record how a run ended: outcome, error, duration and counts."""
         with self.write() as conn:
             started = conn.execute(
-                select(SyncRun.started_at).where(SyncRun.id == run_id)
+                select(SyncRun.started_at).where(SyncRun.id == report.run_id)
             ).scalar_one()
             conn.execute(
                 update(SyncRun)
-                .where(SyncRun.id == run_id)
+                .where(SyncRun.id == report.run_id)
                 .values(
                     finished_at=now,
-                    outcome=outcome,
-                    error=error and error[:2000],
+                    outcome=report.outcome,
+                    error=report.error and report.error[:2000],
                     duration_s=(now - started).total_seconds(),
-                    **counts,
+                    **report.counts(),
                 )
             )
 
@@ -158,7 +138,7 @@ class Store(Database):
         batch = tasks if isinstance(tasks, Prepared) else self.prepare(source, tasks, now)
         for rej in batch.rejects:
             _log_rejected(source, rej.id, rej.reason)
-        result = SaveResult(rejected=batch.rejected, seen=len(batch.records))
+        result = SaveResult(rejected=batch.rejected, tasks_seen=len(batch.records))
         try:
 
             def commit(conn: Connection, rows: list[Any], events: list[Event]) -> None:
@@ -199,7 +179,7 @@ class Store(Database):
     def _save_one_by_one(self, batch: Prepared, run_id: int | None, dry_run: bool) -> SaveResult:
         """After the database refused a batch: each task in its own transaction, so one bad
         task is logged and counted and the others are stored (or, in a dry run, counted)."""
-        total = SaveResult(rejected=batch.rejected, seen=len(batch.records))
+        total = SaveResult(rejected=batch.rejected, tasks_seen=len(batch.records))
         for tid, fp in batch.records.items():
             one = SaveResult()
             single = Prepared(batch.source, batch.now, {tid: fp}, 0)
@@ -212,7 +192,7 @@ class Store(Database):
                 if isinstance(exc, sa_exc.OperationalError):
                     raise self.db_error(exc, "saving tasks") from None
                 total.rejected += 1
-                total.seen -= 1
+                total.tasks_seen -= 1
                 _log_rejected(batch.source, tid, scrub(str(exc.orig), self.url))
                 continue
             total.add(one)
@@ -255,7 +235,7 @@ class Store(Database):
             b = batch.built.get(tid) or self.binder.built(source, fp, at)
             if isinstance(b, Rejected):
                 result.rejected += 1
-                result.seen -= 1
+                result.tasks_seen -= 1
                 _log_rejected(source, b.id, b.reason)
                 continue
             result.statuses[tid] = b.status
