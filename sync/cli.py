@@ -1,72 +1,43 @@
-"""The `tasksync` command: parse, build the app state, call the core, render, map errors.
+"""The `tasksync` command: parse flags, build the app state, call the core, map errors.
 
+Each command is a few lines: it asks `App` for the settings, the store or the clients, and
+calls one function of the core (`pipeline`, `schema`, `readonly`, `report`, `demo`).
 Library code never raises click exceptions; this module alone turns `TasksyncError`s into one
-line on stderr and an exit code (see sync/errors.py and the README's table).
+line on stderr and an exit code (see sync/errors.py and the README's table). What a person
+sees (logging, progress, tables) is `sync.console`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import itertools
 import json
 import logging
 import math
 import os
-import signal
 import sys
-import threading
-import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime
-from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from sync import __version__
-from sync.config import Settings, SourceSettings, effective_view, load
+from sync.config import Settings, effective_view, load
+from sync.console import ProgressDisplay, log_run, render, setup_logging, stop_on_signals
 from sync.errors import ConfigError, TasksyncError
-from sync.runs import COUNTERS
+
+if TYPE_CHECKING:
+    from sync.runs import RunReport
+    from sync.store import Store
 
 log = logging.getLogger("tasksync")
 
 
-# ---- logging --------------------------------------------------------------------------------
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        doc: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created).astimezone().isoformat(),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        doc.update(getattr(record, "fields", {}))
-        return json.dumps(doc, default=str, ensure_ascii=False)
-
-
-def setup_logging(verbose: int, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
-    # httpx logs every request at INFO; URLs are fine, but keep the noise for -vv.
-    for name in ("httpx", "httpcore", "apscheduler", "alembic"):
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
-
-
-# ---- state ----------------------------------------------------------------------------------
 @dataclass
 class App:
-    """What every command needs: the settings (loaded on first use) and global flags."""
+    """What every command needs: the settings (loaded on first use), the global flags, and
+    the store and clients built from them."""
 
     config_path: str | None
     db_url: str | None
@@ -80,7 +51,9 @@ class App:
             self._settings = load(self.config_path, self.db_url)
         return self._settings
 
-    def store(self, *, migrate_check: bool = True) -> Any:
+    def store(self, *, migrate_check: bool = True) -> Store:
+        """The archive, connected (and, unless told otherwise, at the newest revision);
+        closed when the command ends."""
         from sync import schema
         from sync.store import Store
 
@@ -91,10 +64,43 @@ class App:
             schema.require_current(store)
         return store
 
-    def client(self, src: SourceSettings) -> Any:
-        from sync.client import Client
+    def run_sources(
+        self,
+        name: str | None,
+        run: Callable[..., RunReport],
+        *,
+        progress: str | None = None,
+        **options: Any,
+    ) -> None:
+        """`run(store, client, src, stop=..., **options)` for each selected source, one log
+        line per run; with several sources a failing one is logged and the others go on,
+        and the exit code is the worst. `progress` labels a progress bar per source."""
+        from sync.client import connect
 
-        return Client(src, token=src.token())
+        sources = self.settings.source(name)
+        store = self.store()
+        worst: TasksyncError | None = None
+        for src in sources:
+            client = connect(src)
+            try:
+                with stop_on_signals() as stop:
+                    if progress:
+                        with ProgressDisplay(f"{progress} {src.name}") as bar:
+                            report = run(store, client, src, stop=stop, progress=bar, **options)
+                    else:
+                        report = run(store, client, src, stop=stop, **options)
+                log_run(report)
+            except TasksyncError as exc:
+                if len(sources) == 1:
+                    raise
+                text = str(exc)
+                named = text.startswith((f"source {src.name}", f"source {src.name!r}"))
+                log.error("%s", text if named else f"source {src.name}: {text}")
+                worst = exc if worst is None or exc.exit_code > worst.exit_code else worst
+            finally:
+                client.close()
+        if worst is not None:
+            raise worst
 
 
 pass_app = click.make_pass_decorator(App)
@@ -185,13 +191,13 @@ def db_grant_reader(
     app: App, name: str, password_env: str | None, host: str, print_only: bool
 ) -> None:
     """Create a login that can only read the archive (for [query] url)."""
+    from sync import schema
+
     password = None
     if password_env and not print_only:
         password = os.environ.get(password_env)
         if not password:
             raise ConfigError(f"--password-env {password_env}: the variable is not set")
-    from sync import schema
-
     store = app.store(migrate_check=False)
     for stmt in schema.grant_reader(store, name, password, host=host, execute=not print_only):
         click.echo(f"{stmt};")
@@ -217,117 +223,6 @@ def db_check(app: App) -> None:
 
 
 # ---- running -------------------------------------------------------------------------------
-@contextmanager
-def stop_on_signals() -> Iterator[threading.Event]:
-    """SIGINT/SIGTERM set an event; the run finishes its page, commits and stops."""
-    stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-
-    def handler(signum: int, _frame: Any) -> None:
-        if stop.is_set():  # a second signal: the user really means it
-            raise KeyboardInterrupt
-        log.info(
-            "%s received: finishing the current page, then stopping", signal.Signals(signum).name
-        )
-        stop.set()
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
-def log_run(report: Any) -> None:
-    """One line per run, text or JSON (the fields go into the JSON record)."""
-    names = ("source", "kind", "outcome", *(c for c in COUNTERS if c != "tasks_seen"))
-    fields = {k: getattr(report, k) for k in names}
-    fields["duration_s"] = round(report.duration_s, 2)
-    if report.dry_run:
-        fields["dry_run"] = True
-    text = " ".join(f"{k}={v}" for k, v in fields.items())
-    if report.error:
-        text += f" error={report.error!r}"
-    for note in report.notes:
-        text += f" ({note})"
-    log.info("run %s", text, extra={"fields": fields})
-
-
-class ProgressDisplay:
-    """A rich progress bar on a terminal; a plain log line every few seconds otherwise."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.tty = sys.stderr.isatty()
-        self.bar: Any = None
-        self.last_log = 0.0
-
-    def __enter__(self) -> ProgressDisplay:
-        if self.tty:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("tasks · {task.fields[pages]} pages"),
-                TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                transient=False,
-            )
-            self.bar.start()
-            self.task = self.bar.add_task(self.label, total=None, pages=0)
-        return self
-
-    def __call__(self, pages: int, tasks: int, total: int | None) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=tasks, total=total, pages=pages)
-            return
-        now = time.monotonic()
-        if now - self.last_log >= 5 or pages == 1:
-            self.last_log = now
-            of = f" of about {total}" if total is not None else ""
-            log.info("%s: %d pages, %d tasks%s", self.label, pages, tasks, of)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
-def run_each(app: App, name: str | None, job: Callable[[Any, Any, SourceSettings], Any]) -> None:
-    """Run `job` for each selected source; the exit code is the worst outcome."""
-    sources = app.settings.source(name)
-    store = app.store()
-    worst: TasksyncError | None = None
-    for src in sources:
-        client = app.client(src)
-        try:
-            report = job(store, client, src)
-            log_run(report)
-        except TasksyncError as exc:
-            if len(sources) == 1:
-                raise
-            text = str(exc)
-            named = text.startswith((f"source {src.name}", f"source {src.name!r}"))
-            log.error("%s", text if named else f"source {src.name}: {text}")
-            worst = exc if worst is None or exc.exit_code > worst.exit_code else worst
-        finally:
-            client.close()
-    if worst is not None:
-        raise worst
-
-
 @cli.command()
 @click.option("--source", "name", help="Only this source (default: all).")
 @click.option("--restart", is_flag=True, help="Ignore the checkpoint and walk from the top.")
@@ -336,13 +231,9 @@ def backfill(app: App, name: str | None, restart: bool) -> None:
     """Walk everything the server lists into the archive (resumable)."""
     from sync import pipeline
 
-    def job(store: Any, client: Any, src: SourceSettings) -> Any:
-        with stop_on_signals() as stop, ProgressDisplay(f"backfill {src.name}") as progress:
-            return pipeline.backfill(
-                store, client, src, restart=restart, progress=progress, stop=stop
-            )
-
-    run_each(app, name, job)
+    app.run_sources(
+        name, pipeline.backfill, progress="backfill", restart=restart, fetch_process=True
+    )
 
 
 @cli.command("sync")
@@ -359,15 +250,16 @@ def sync_cmd(app: App, name: str | None, sweep: bool, dry_run: bool, allow_mass_
     """One incremental sync (new tasks + unfinished re-checks), or a sweep with --sweep."""
     from sync import pipeline
 
-    def job(store: Any, client: Any, src: SourceSettings) -> Any:
-        with stop_on_signals() as stop:
-            if sweep:
-                return pipeline.sweep(
-                    store, client, src, dry_run=dry_run, allow_mass_gone=allow_mass_gone, stop=stop
-                )
-            return pipeline.incremental(store, client, src, dry_run=dry_run, stop=stop)
-
-    run_each(app, name, job)
+    if sweep:
+        app.run_sources(
+            name,
+            pipeline.sweep,
+            dry_run=dry_run,
+            allow_mass_gone=allow_mass_gone,
+            fetch_process=True,
+        )
+    else:
+        app.run_sources(name, pipeline.incremental, dry_run=dry_run)
 
 
 @cli.command()
@@ -380,66 +272,10 @@ def run(app: App) -> None:
     settings.source(None)  # at least one source
     for src in settings.sources:
         src.token()  # a missing secret fails now, not at the first tick
-    Daemon(settings, app.store(), log_run).run()
+    Daemon(settings, app.store()).run()
 
 
 # ---- reading --------------------------------------------------------------------------------
-def _cell(v: Any) -> Any:
-    if isinstance(v, datetime | date):
-        return v.isoformat()
-    if isinstance(v, Decimal):
-        return float(v)
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "replace")
-    return v
-
-
-TABLE_SAMPLE = 500  # rows read before a table's column widths are fixed
-
-
-def render(cols: list[str], rows: Iterable[tuple[Any, ...]], fmt: str) -> Iterator[str]:
-    """Rows as table, CSV or JSON text, produced as they come (never all in memory)."""
-    it = (tuple(_cell(v) for v in r) for r in rows)
-    if fmt == "json":
-        yield "["
-        for n, r in enumerate(it):
-            doc = json.dumps(dict(zip(cols, r, strict=True)), ensure_ascii=False, default=str)
-            yield (" " if n == 0 else ",") + doc
-        yield "]"
-        return
-    if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(cols)
-        for r in it:
-            w.writerow(r)
-            if buf.tell() > 65536:
-                yield buf.getvalue().rstrip("\n")
-                buf.seek(0)
-                buf.truncate()
-        rest = buf.getvalue().rstrip("\n")
-        if rest:
-            yield rest
-        return
-
-    def cells(r: tuple[Any, ...]) -> list[str]:
-        return [("" if v is None else str(v)).replace("\n", " ")[:60] for v in r]
-
-    head = [cells(r) for r in itertools.islice(it, TABLE_SAMPLE)]
-    widths = [max([len(c)] + [len(r[i]) for r in head]) for i, c in enumerate(cols)]
-
-    def line(values: list[str]) -> str:
-        return "  ".join(v[:w].ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()
-
-    yield line(cols)
-    yield "  ".join("-" * w for w in widths)
-    n = 0
-    for values in itertools.chain(head, map(cells, it)):
-        n += 1
-        yield line(values)
-    yield f"({n} row{'s' if n != 1 else ''})"
-
-
 @cli.command()
 @click.argument("sql")
 @click.option(
@@ -573,7 +409,7 @@ def demo(db_path: str, tasks: int) -> None:
     """Offline demo: simulator → SQLite backfill → incremental sync → history answers."""
     from sync.demo import run_demo
 
-    run_demo(Path(db_path), tasks, ProgressDisplay)
+    run_demo(Path(db_path), tasks)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,13 +2,14 @@
 with auth, a deadline per request, a byte cap per reply (`sync.transport`), retries (stamina),
 a per-source rate limit and strict response checks.
 
-It returns parsed task objects (dicts, as the server sent them) inside `Page`s; it never hands
+It returns parsed task objects (dicts, as the server sent them) inside `ServerPage`s; it never hands
 out raw HTTP responses, never puts the token in a message, and shows what the server says only
 through `Client.say` (one printable line, the token scrubbed).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import json
 import logging
@@ -36,6 +37,7 @@ from sync.errors import (
     ServerUnreachable,
     printable,
 )
+from sync.records import task_id
 from sync.transport import (
     ACCEPT_ENCODING,
     BadEncoding,
@@ -53,18 +55,22 @@ RETRY_STATUSES = {429, 500, 502, 503, 504}
 BY_IDS_MAX = 100
 
 
-@dataclass(slots=True)
-class Page:
-    """One page of the task list, newest first."""
+@dataclass(frozen=True, slots=True)
+class ServerPage:
+    """One page of the task list as the server sent it, newest first (`body`: the reply's
+    bytes, when asked for)."""
 
     number: int
     size: int
     tasks: list[Any]
     total: int | None
     last: bool
-    prepared: Any = None  # set by the pipeline's prefetcher: the page ready to save
-    ids: list[str] | None = None  # the tasks' ids, when `tasks` was left behind in transit
-    body: bytes | None = None  # the reply as received, when asked for (see `query_page`)
+    body: bytes | None = None
+
+    @property
+    def ids(self) -> list[str]:
+        """The ids on the page, as the archive stores them."""
+        return [tid for tid in map(task_id, self.tasks) if tid is not None]
 
 
 class _Transient(ServerError):
@@ -325,7 +331,7 @@ class Client:
         return data, content
 
     # ---- the API ----------------------------------------------------------------------------
-    def query_page(self, number: int, size: int, *, keep_body: bool = False) -> Page:
+    def query_page(self, number: int, size: int, *, keep_body: bool = False) -> ServerPage:
         """One page of `POST /mj/task/query`, sorted by id, newest first; with `keep_body`, the
         reply's bytes ride along in `page.body` (cheaper to hand to another process than the
         parsed tasks)."""
@@ -334,9 +340,7 @@ class Client:
             QUERY_PATH, {"pageNumber": number, "pageSize": size, "sort": "id,desc"}
         )
         page = parse_page(data, number, size, f"source {self.source.name}: POST {url}")
-        if keep_body:
-            page.body = body
-        return page
+        return dataclasses.replace(page, body=body) if keep_body else page
 
     def list_by_ids(self, ids: list[str]) -> list[Any]:
         """`POST /mj/task/list-by-condition` for at most 100 ids; unknown ids are left out."""
@@ -367,6 +371,12 @@ def loads(content: bytes) -> Any:
 MAX_COUNT = 2**53  # a page number or total beyond this is not a real count: unknown
 
 
+def connect(src: SourceSettings) -> Client:
+    """The client of a configured source, its token read and checked now: how the command
+    line, the daemon and the demo open one. (The fetch process reopens its parent's.)"""
+    return Client(src, token=src.token())
+
+
 def _int(value: Any) -> int | None:
     """A count from the server, or None when it is missing, not an integer or out of range."""
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT:
@@ -374,7 +384,7 @@ def _int(value: Any) -> int | None:
     return None
 
 
-def parse_page(data: Any, number: int, size: int, where: str) -> Page:
+def parse_page(data: Any, number: int, size: int, where: str) -> ServerPage:
     """A Spring `Page` in the classic flat shape or the nested `{content, page{...}}` shape."""
     if not isinstance(data, dict) or not isinstance(data.get("content"), list):
         got = (
@@ -397,4 +407,4 @@ def parse_page(data: Any, number: int, size: int, where: str) -> Page:
         if not isinstance(flag, bool):
             pages = _int(data.get("totalPages"))
             last = last or (pages is not None and number >= pages - 1)
-    return Page(number=number, size=size, tasks=tasks, total=total, last=bool(last))
+    return ServerPage(number=number, size=size, tasks=tasks, total=total, last=bool(last))

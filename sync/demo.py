@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 
 from sync import pipeline, schema
-from sync.client import Client
+from sync.client import connect
 from sync.config import SourceSettings
+from sync.console import ProgressDisplay
 from sync.report import failure_rate_by_day, status_history, timings_by_action_day
 from sync.simulator import Simulator, SimulatorServer
 from sync.store import Store
 
 
-def run_demo(path: Path, tasks: int, progress_cls: Any) -> None:
+def run_demo(path: Path, tasks: int) -> None:
     """Start the simulator, archive it into a fresh SQLite file, sync, show answers."""
     t0 = time.monotonic()
     for stale in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
@@ -28,9 +28,9 @@ def run_demo(path: Path, tasks: int, progress_cls: Any) -> None:
         store = Store(f"sqlite:///{path}")
         schema.upgrade(store)
         click.echo(f"simulator at {server.url} with {tasks} tasks; archive {path}")
-        with Client(src) as client:
-            with progress_cls("backfill demo") as progress:
-                first = pipeline.backfill(store, client, src, progress=progress)
+        with connect(src) as client:
+            with ProgressDisplay("backfill demo") as progress:
+                first = pipeline.backfill(store, client, src, progress=progress, fetch_process=True)
             click.echo(
                 f"backfill: {first.inserted} tasks in {first.pages} pages, "
                 f"{first.requests} requests, {first.duration_s:.1f}s"

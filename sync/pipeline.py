@@ -1,8 +1,8 @@
 """backfill, sync and sweep: plain functions taking (store, client, source, clock).
 
-Data flows one way: the client fetches pages, the walker decides which page comes next, the
-store saves. Every run is recorded in `sync_runs` (unless it is a dry run) and guarded by the
-source's writer lock.
+Data flows one way: the client fetches pages, the read side (`sync.reader`) prepares them, the
+walker decides which page comes next, the store saves. Every run is recorded in `sync_runs`
+(unless it is a dry run) and guarded by the source's writer lock.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from typing import Any
 from sync.client import BY_IDS_MAX, Client
 from sync.config import SourceSettings
 from sync.errors import TasksyncError
-from sync.prefetch import FetchProcess, Pages, Prefetcher
+from sync.reader import PageReader
 from sync.records import task_id
 from sync.runs import RunReport, SaveResult
-from sync.store import Store
-from sync.walk import Cursor, Runaway, WalkStats, page_ids, walk
+from sync.store import ResumePoint, Store
+from sync.walk import Cursor, Runaway, WalkStats, walk
 
 log = logging.getLogger("tasksync.pipeline")
 
@@ -95,49 +95,17 @@ def run_recorded(
     return report
 
 
-class NewShare:
-    """How much of the last page was new or changed: a backfill into an empty archive builds
-    rows on the fetch thread; a re-walk over an unchanged archive skips that work."""
-
-    def __init__(self) -> None:
-        self.value = 1.0
-
-    def update(self, res: SaveResult) -> None:
-        self.value = (res.inserted + res.changed + res.returned) / max(1, res.tasks_seen)
-
-
-def _pages(
-    store: Store, client: Client, src: SourceSettings, clock: Clock, hint: NewShare
-) -> Pages:
-    """The walk's page source: read-ahead on a thread, and for a long walk a fetch process
-    (with the real clock only: the child stamps pages with its own)."""
-
-    def build_rows() -> bool:
-        return hint.value > 0.5
-
-    thread = Prefetcher(
-        lambda n: client.query_page(n, src.page_size),
-        lambda page: store.prepare(src.name, page.tasks, clock(), build_rows=build_rows()),
-        src.concurrency - 1,
+def _reader(
+    store: Store, client: Client, src: SourceSettings, clock: Clock, fetch_process: bool
+) -> PageReader:
+    return PageReader(
+        client,
+        src,
+        store.binder,
+        clock,
+        process=fetch_process,
+        bind_in_child=store.dialect != "sqlite",
     )
-    spawnable = src.concurrency > 1 and client.spawn_args is not None and clock is utcnow
-
-    def spawn() -> FetchProcess:
-        # Where rows get bound: SQLite's writer has CPU to spare while its pages are fetched
-        # (binding there measured ~7 % faster); a PostgreSQL or MariaDB writer mostly waits
-        # for its server, and binding in the fetch process measured ~20 % faster there
-        # (on PostgreSQL; MariaDB, also a server, is treated alike).
-        return FetchProcess(
-            client,
-            store.binder,
-            src.page_size,
-            build_rows,
-            thread.prepare,
-            src.concurrency - 1,
-            bind_here=store.dialect != "sqlite",
-        )
-
-    return Pages(thread, spawn if spawnable else None)
 
 
 def backfill(
@@ -149,39 +117,38 @@ def backfill(
     restart: bool = False,
     progress: Progress | None = None,
     stop: threading.Event | None = None,
+    fetch_process: bool = False,
 ) -> RunReport:
-    """A complete walk of everything the server lists, resumable from its checkpoint."""
+    """A complete walk of everything the server lists, resumable from its checkpoint.
+
+    `fetch_process`: a long walk may move its reading to a fetch process (sync.reader), as
+    the command line and the daemon allow. It stamps pages with the real time, so leave it
+    off with a test's clock."""
 
     def body(report: RunReport) -> None:
         if restart:
             store.clear_checkpoint(src.name, "backfill")
         saved = store.checkpoint(src.name, "backfill")
-        start = Cursor(*saved) if saved else None
+        start = Cursor(saved.page, saved.last_id, saved.total) if saved else None
         if start:
             report.notes.append(f"resumed at page {start.page} after id {start.last_id}")
         stats = WalkStats()
-        hint = NewShare()
-        pages = _pages(store, client, src, clock, hint)
+        pages = _reader(store, client, src, clock, fetch_process)
         try:
             last_checkpoint = time.monotonic()
             for page, cursor in walk(pages, start, stats, where=f"source {src.name}"):
-                at = ("backfill", cursor.page, cursor.last_id, cursor.total)
+                at = ResumePoint("backfill", cursor.page, cursor.last_id, cursor.total)
                 # Pages that change nothing move the checkpoint only every few seconds: a
                 # re-walk of an unchanged archive then writes (almost) nothing.
                 due = time.monotonic() - last_checkpoint >= CHECKPOINT_EVERY_S
                 res = store.save(
-                    src.name,
-                    page.prepared,
-                    report.run_id,
-                    page.prepared.now,
-                    checkpoint=at,
-                    checkpoint_if_unchanged=due,
+                    page.batch, report.run_id, checkpoint=at, checkpoint_if_unchanged=due
                 )
                 if due or res.inserted + res.changed + res.returned:
                     last_checkpoint = time.monotonic()
                 report.pages += 1
                 report.add(res)
-                hint.update(res)
+                pages.saw(res)
                 if progress:
                     progress(report.pages, report.tasks_seen, page.total)
                 _check(stop)
@@ -208,7 +175,7 @@ def _save_unseen(
 ) -> SaveResult:
     """Save tasks not already handled in this run (so dry-run counts are not doubled)."""
     fresh = [t for t in tasks if task_id(t) not in seen]
-    res = store.save(src.name, fresh, report.run_id, clock(), dry_run=dry_run)
+    res = store.save(store.prepare(src.name, fresh, clock()), report.run_id, dry_run=dry_run)
     report.add(res)
     seen.update(res.statuses)
     return res
@@ -235,7 +202,7 @@ def _head_pass(
     while True:
         page = client.query_page(page_no, src.page_size)
         report.pages += 1
-        ids = page_ids(page)
+        ids = page.ids
         runaway.check(page_no, page.total, ids)
         res = _save_unseen(store, src, page.tasks, seen, report, clock, dry_run)
         for tid in ids:
@@ -293,26 +260,25 @@ def sweep(
     dry_run: bool = False,
     allow_mass_gone: bool = False,
     stop: threading.Event | None = None,
+    fetch_process: bool = False,
 ) -> RunReport:
-    """A full drift-aware walk; after a sound one, tasks no longer listed are marked gone."""
+    """A full drift-aware walk; after a sound one, tasks no longer listed are marked gone.
+    (`fetch_process` as for `backfill`.)"""
 
     def body(report: RunReport) -> None:
         seen: set[str] = set()
         stats = WalkStats()
-        hint = NewShare()
-        pages = _pages(store, client, src, clock, hint)
+        pages = _reader(store, client, src, clock, fetch_process)
         try:
             for page, _cursor in walk(pages, None, stats, where=f"source {src.name}"):
                 report.pages += 1
-                fresh = {k: v for k, v in page.prepared.records.items() if k not in seen}
-                if len(fresh) < len(page.prepared.records):  # repeats: count each task once
-                    page.prepared.records = fresh
-                res = store.save(
-                    src.name, page.prepared, report.run_id, page.prepared.now, dry_run=dry_run
-                )
+                fresh = {k: v for k, v in page.batch.records.items() if k not in seen}
+                if len(fresh) < len(page.batch.records):  # repeats: count each task once
+                    page.batch.records = fresh
+                res = store.save(page.batch, report.run_id, dry_run=dry_run)
                 report.add(res)
-                hint.update(res)
-                seen.update(page_ids(page))
+                pages.saw(res)
+                seen.update(page.ids)
                 _check(stop)
         finally:
             pages.close()

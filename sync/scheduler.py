@@ -34,8 +34,9 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from sync import pipeline
-from sync.client import Client
+from sync.client import connect
 from sync.config import Settings, SourceSettings, cron_fields, interval_seconds
+from sync.console import log_run
 from sync.errors import ConfigError, LockHeld, TasksyncError
 from sync.metrics import Metrics
 from sync.store import Store
@@ -90,10 +91,9 @@ class Turns:
 class Daemon:
     """The scheduler, the jobs it runs and a graceful stop."""
 
-    def __init__(self, settings: Settings, store: Store, log_run: Any) -> None:
+    def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
         self.store = store
-        self.log_run = log_run
         self.stop = threading.Event()
         self.metrics = Metrics()
         self.active = 0
@@ -214,12 +214,14 @@ class Daemon:
 
     def _run(self, src: SourceSettings, kind: str) -> None:
         try:
-            with Client(src, token=src.token()) as client:
+            with connect(src) as client:
                 if kind == "sweep":
-                    report = pipeline.sweep(self.store, client, src, stop=self.stop)
+                    report = pipeline.sweep(
+                        self.store, client, src, stop=self.stop, fetch_process=True
+                    )
                 else:
                     report = pipeline.incremental(self.store, client, src, stop=self.stop)
-            self.log_run(report)
+            log_run(report)
             try:
                 archived: int | None = self.store.count_tasks(src.name, present_only=True)
             except TasksyncError:

@@ -12,7 +12,7 @@ import os
 import socket
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Connection, Table, delete, func, insert, select, update
 from sqlalchemy import exc as sa_exc
@@ -41,6 +41,16 @@ EVENT_COLUMNS = [c.name for c in TaskEvent.__table__.columns if c.name != "id"]
 SEEN_REFRESH = timedelta(hours=1)  # a sweep refreshes last_seen_at only when older than this
 RECHECK_FIRST_S = 60.0  # an unfinished task list-by-condition missed is asked again after 1 min,
 RECHECK_MAX_S = 6 * 3600.0  # then 2, 4, 8 ... minutes, at most every 6 hours until a sweep
+
+
+class ResumePoint(NamedTuple):
+    """Where a walk resumes (`sync_checkpoints`): the next page, the last id of the contiguous
+    prefix read before it, and the list's total at that moment."""
+
+    kind: str
+    page: int
+    last_id: str | None
+    total: int | None
 
 
 def _log_rejected(source: str, tid: str | None, reason: str) -> None:
@@ -119,23 +129,21 @@ class Store(Database):
 
     def save(
         self,
-        source: str,
-        tasks: Sequence[Any] | Prepared,
+        batch: Prepared,
         run_id: int | None,
-        now: datetime,
         *,
         dry_run: bool = False,
-        checkpoint: tuple[str, int, str | None, int | None] | None = None,
+        checkpoint: ResumePoint | None = None,
         checkpoint_if_unchanged: bool = True,
     ) -> SaveResult:
-        """Store a batch of tasks; only new, changed or returned tasks are written.
+        """Store a prepared batch of one source's tasks (see `prepare`), observed at
+        `batch.now`; only new, changed or returned tasks are written.
 
-        One transaction: rows, events and (optionally) the backfill checkpoint commit together.
+        One transaction: rows, events and (optionally) the walk's checkpoint commit together.
         With `checkpoint_if_unchanged=False` a batch that wrote nothing leaves the checkpoint
         alone, so a walk over an unchanged archive does not write at all.
-        `now` is when the tasks were observed (for a Prepared batch: when it was prepared).
         """
-        batch = tasks if isinstance(tasks, Prepared) else self.prepare(source, tasks, now)
+        source, now = batch.source, batch.now
         for rej in batch.rejects:
             _log_rejected(source, rej.id, rej.reason)
         result = SaveResult(rejected=batch.rejected, tasks_seen=len(batch.records))
@@ -146,7 +154,7 @@ class Store(Database):
                 if rows:
                     self._write(conn, batch, rows, events, run_id, result.inserted)
                 if checkpoint and (rows or checkpoint_if_unchanged):
-                    self._write_checkpoint(conn, source, *checkpoint, run_id, now)
+                    self._write_checkpoint(conn, source, checkpoint, run_id, now)
 
             if batch.built and not dry_run:
                 # Built ahead because most tasks were new: plan and write in one transaction.
@@ -173,7 +181,7 @@ class Store(Database):
             result = self._save_one_by_one(batch, run_id, dry_run)
             if checkpoint and not dry_run:
                 with self.guarded(source) as conn:
-                    self._write_checkpoint(conn, source, *checkpoint, run_id, now)
+                    self._write_checkpoint(conn, source, checkpoint, run_id, now)
         return result
 
     def _save_one_by_one(self, batch: Prepared, run_id: int | None, dry_run: bool) -> SaveResult:
@@ -472,19 +480,11 @@ class Store(Database):
 
     # ---- checkpoints ------------------------------------------------------------------
     def _write_checkpoint(
-        self,
-        conn: Connection,
-        source: str,
-        kind: str,
-        page: int,
-        cursor: str | None,
-        total: int | None,
-        run_id: int | None,
-        now: datetime,
+        self, conn: Connection, source: str, at: ResumePoint, run_id: int | None, now: datetime
     ) -> None:
         # Plain driver SQL: this runs with every page a walk saves.
         m = self._mark
-        values = (page, cursor, total, run_id, self._ts(now), source, kind)
+        values = (at.page, at.last_id, at.total, run_id, self._ts(now), source, at.kind)
         moved = conn.exec_driver_sql(
             f"UPDATE sync_checkpoints SET page = {m}, cursor_id = {m}, cursor_total = {m}, "
             f"run_id = {m}, updated_at = {m} WHERE source = {m} AND kind = {m}",
@@ -497,13 +497,14 @@ class Store(Database):
                 values,
             )
 
-    def checkpoint(self, source: str, kind: str) -> tuple[int, str | None, int | None] | None:
+    def checkpoint(self, source: str, kind: str) -> ResumePoint | None:
+        """Where an interrupted walk of this kind resumes, if one was left unfinished."""
         q = select(Checkpoint.page, Checkpoint.cursor_id, Checkpoint.cursor_total).where(
             Checkpoint.source == source, Checkpoint.kind == kind
         )
         with self.engine.connect() as conn:
             row = conn.execute(q).first()
-        return None if row is None else (row[0], row[1], row[2])
+        return None if row is None else ResumePoint(kind, row[0], row[1], row[2])
 
     def clear_checkpoint(self, source: str, kind: str) -> None:
         with self.guarded(source) as conn:

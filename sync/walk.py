@@ -27,10 +27,10 @@ import itertools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
-from sync.client import Page
 from sync.errors import RunawayList
-from sync.records import is_digits, task_id
+from sync.records import is_digits
 
 REPEATS = 3  # the same page content this many times in a row ends a walk
 
@@ -58,11 +58,20 @@ def id_key(tid: str) -> tuple[int, int | str]:
     return (0, int(tid)) if is_digits(tid) else (1, tid)
 
 
-def page_ids(page: Page) -> list[str]:
-    """The ids on a page, as the archive stores them."""
-    if page.ids is not None:
-        return page.ids
-    return [tid for tid in map(task_id, page.tasks) if tid is not None]
+class Listing(Protocol):
+    """What the walker needs of a page (a client's ServerPage or the read side's ReadPage)."""
+
+    @property
+    def ids(self) -> list[str]: ...
+
+    @property
+    def total(self) -> int | None: ...
+
+    @property
+    def last(self) -> bool: ...
+
+
+P = TypeVar("P", bound=Listing)
 
 
 class Runaway:
@@ -110,12 +119,12 @@ def _sorted_desc(ids: list[str]) -> bool:
 
 
 def walk(
-    fetch: Callable[[int], Page],
+    fetch: Callable[[int], P],
     start: Cursor | None = None,
     stats: WalkStats | None = None,
     max_backs: int = 5,
     where: str = "walk",
-) -> Iterator[tuple[Page, Cursor]]:
+) -> Iterator[tuple[P, Cursor]]:
     """Yield every page read, with the cursor to resume from once that page is saved."""
     st = stats if stats is not None else WalkStats()
     cur = start or Cursor()
@@ -124,7 +133,7 @@ def walk(
     while True:
         page = fetch(cur.page)
         st.fetches += 1
-        ids = page_ids(page)
+        ids = page.ids
         if ids and not _sorted_desc(ids):
             st.verified = False
         if page.total is None:

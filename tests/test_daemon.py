@@ -246,7 +246,7 @@ def test_turns_run_a_due_sweep_after_the_current_run_and_say_overlaps_once(
 
     store = migrated(sqlite_url)
     src = SourceSettings(name="main", base_url="http://127.0.0.1:9")
-    daemon = Daemon(Settings(sources=[src]), store, lambda report: None)
+    daemon = Daemon(Settings(sources=[src]), store)
     ran: list[tuple[str, str]] = []
     release = threading.Event()
 

@@ -13,11 +13,19 @@ from sync import readonly
 from sync.errors import DatabaseError, LockHeld, QueryRefused
 from sync.models import Lease, Task, TaskEvent
 from sync.records import Rejected, fingerprint, normalize
-from sync.store import Store
+from sync.runs import SaveResult
+from sync.store import ResumePoint, Store
 
 from .helpers import archive, count, events
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+def save(
+    store: Store, source: str, tasks: list[Any], run_id: int | None, now: datetime, **kw: Any
+) -> SaveResult:
+    """Prepare raw task objects as the read side would, and save them."""
+    return store.save(store.prepare(source, tasks, now), run_id, **kw)
 
 
 def query_all(store: Store, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
@@ -44,7 +52,7 @@ def task(tid: Any = "1767225600000001", **kw: Any) -> dict[str, Any]:
 
 def test_store_converts_times_and_derives_durations(store: Store) -> None:
     """Epoch ms become UTC timestamps with ms kept; queue/run/total are derived."""
-    res = store.save("main", [task()], None, NOW)
+    res = save(store, "main", [task()], None, NOW)
     assert res.inserted == 1
     row = archive(store)["1767225600000001"]
     assert row["submit_time"] == datetime(2026, 1, 1, tzinfo=UTC)
@@ -57,7 +65,7 @@ def test_store_converts_times_and_derives_durations(store: Store) -> None:
 @pytest.mark.parametrize("unset", [None, 0, "0", "junk"])
 def test_store_null_zero_and_junk_times_are_null(store: Store, unset: Any) -> None:
     """null, 0 (new-api) and junk times are NULL, and so are the durations that need them."""
-    store.save("main", [task(startTime=unset, finishTime=unset, status="SUBMITTED")], None, NOW)
+    save(store, "main", [task(startTime=unset, finishTime=unset, status="SUBMITTED")], None, NOW)
     row = archive(store)["1767225600000001"]
     assert row["start_time"] is None and row["finish_time"] is None
     assert row["queue_ms"] is None and row["run_ms"] is None and row["total_ms"] is None
@@ -65,8 +73,8 @@ def test_store_null_zero_and_junk_times_are_null(store: Store, unset: Any) -> No
 
 def test_store_unchanged_task_writes_nothing(store: Store) -> None:
     """Saving the same task again writes no row and no event."""
-    store.save("main", [task()], None, NOW)
-    res = store.save("main", [task()], None, NOW + timedelta(hours=1))
+    save(store, "main", [task()], None, NOW)
+    res = save(store, "main", [task()], None, NOW + timedelta(hours=1))
     assert (res.inserted, res.changed, res.unchanged) == (0, 0, 1)
     assert archive(store)["1767225600000001"]["last_seen_at"] == NOW
     assert count(store, TaskEvent) == 1
@@ -76,7 +84,7 @@ def test_store_recognises_hashes_written_before_xxh3(store: Store) -> None:
     """Archives written by tasksync 0.1 hold blake2b content hashes: their unchanged tasks
     stay unchanged (no write, no event), and a real change is still one `changed` event."""
     tasks = [task(), task("1767225600000002", prompt="a dog")]
-    store.save("main", tasks, None, NOW)
+    save(store, "main", tasks, None, NOW)
     fp = fingerprint(tasks[0])
     assert not isinstance(fp, Rejected) and fp.hash.startswith("x") and len(fp.hash) == 32
     with store.engine.begin() as conn:
@@ -86,7 +94,7 @@ def test_store_recognises_hashes_written_before_xxh3(store: Store) -> None:
             conn.execute(
                 update(Task).where(Task.id == old.id).values(content_hash=old.legacy_hash())
             )
-    res = store.save("main", [tasks[0], task("1767225600000002", prompt="a fox")], None, NOW)
+    res = save(store, "main", [tasks[0], task("1767225600000002", prompt="a fox")], None, NOW)
     assert (res.inserted, res.changed, res.unchanged) == (0, 1, 1)
     assert [e[0] for e in events(store, "1767225600000001")] == ["created"]
     assert [e[0] for e in events(store, "1767225600000002")] == ["created", "changed"]
@@ -95,9 +103,9 @@ def test_store_recognises_hashes_written_before_xxh3(store: Store) -> None:
 
 def test_store_change_writes_one_event_with_fields(store: Store) -> None:
     """A change is one `changed` event with previous status and the changed field names."""
-    store.save("main", [task(status="IN_PROGRESS", progress="40%", finishTime=None)], None, NOW)
+    save(store, "main", [task(status="IN_PROGRESS", progress="40%", finishTime=None)], None, NOW)
     later = NOW + timedelta(minutes=1)
-    res = store.save("main", [task()], None, later)
+    res = save(store, "main", [task()], None, later)
     assert res.changed == 1
     assert events(store, "1767225600000001") == [
         ("created", None, "IN_PROGRESS"),
@@ -116,8 +124,8 @@ def test_store_change_writes_one_event_with_fields(store: Store) -> None:
 
 def test_store_keys_on_source_and_id(store: Store) -> None:
     """The same id from two sources is two tasks."""
-    store.save("a", [task()], None, NOW)
-    store.save("b", [task()], None, NOW)
+    save(store, "a", [task()], None, NOW)
+    save(store, "b", [task()], None, NOW)
     assert count(store, Task) == 2
 
 
@@ -140,12 +148,12 @@ HOSTILE = [
 @pytest.mark.parametrize(("obj", "prompt"), HOSTILE)
 def test_store_survives_hostile_fields(store: Store, obj: dict[str, Any], prompt: Any) -> None:
     """Odd but valid tasks are stored intact (NUL becomes U+FFFD everywhere)."""
-    res = store.save("main", [obj], None, NOW)
+    res = save(store, "main", [obj], None, NOW)
     assert (res.inserted, res.rejected) == (1, 0)
     row = archive(store)["1767225600000001"]
     assert row["prompt"] == prompt
     assert "\x00" not in str(row["raw"])
-    again = store.save("main", [obj], None, NOW)
+    again = save(store, "main", [obj], None, NOW)
     assert again.unchanged == 1
 
 
@@ -160,36 +168,36 @@ def test_store_numeric_and_long_ids(store: Store) -> None:
         {"no": "id"},
         "not-an-object",
     ]
-    res = store.save("main", tasks, None, NOW)
+    res = save(store, "main", tasks, None, NOW)
     assert (res.inserted, res.rejected) == (3, 3)
     assert set(archive(store)) == {"14001929738841620", "0741798445574458", long_ok}
 
 
 def test_store_same_id_twice_in_a_batch(store: Store) -> None:
     """The same id twice in one page is stored once (the later copy wins)."""
-    res = store.save("main", [task(progress="1%"), task(progress="2%")], None, NOW)
+    res = save(store, "main", [task(progress="1%"), task(progress="2%")], None, NOW)
     assert res.inserted == 1 and archive(store)["1767225600000001"]["progress"] == "2%"
 
 
 def test_store_dry_run_writes_nothing(store: Store) -> None:
     """dry_run counts what would happen and writes nothing."""
-    res = store.save("main", [task()], None, NOW, dry_run=True)
+    res = save(store, "main", [task()], None, NOW, dry_run=True)
     assert res.inserted == 1 and count(store, Task) == 0 and count(store, TaskEvent) == 0
 
 
 def test_store_gone_and_returned(store: Store) -> None:
     """mark_gone sets gone_at with a `gone` event; a task seen again gets `returned`."""
-    store.save("main", [task("1"), task("2"), task("3"), task("4"), task("5")], None, NOW)
+    save(store, "main", [task("1"), task("2"), task("3"), task("4"), task("5")], None, NOW)
     assert store.mark_gone("main", {"1", "2", "3", "4"}, None, NOW, max_share=0.2) == 1
     assert archive(store)["5"]["gone_at"] == NOW
-    res = store.save("main", [task("5")], None, NOW + timedelta(hours=1))
+    res = save(store, "main", [task("5")], None, NOW + timedelta(hours=1))
     assert res.returned == 1 and archive(store)["5"]["gone_at"] is None
     assert [e[0] for e in events(store, "5")] == ["created", "gone", "returned"]
 
 
 def test_store_readonly_query_refuses_writes_at_database_level(store: Store) -> None:
     """A write hidden in a WITH is refused by the database's read-only mode too."""
-    store.save("main", [task()], None, NOW)
+    save(store, "main", [task()], None, NOW)
     sneaky = {
         "postgresql": "WITH d AS (DELETE FROM tasks RETURNING id) SELECT * FROM d",
         "sqlite": "WITH d AS (SELECT 1) DELETE FROM tasks",
@@ -212,8 +220,8 @@ def test_store_ids_differing_by_trailing_spaces_stay_apart(store: Store) -> None
     """'b ' and 'b' are two tasks on every database (MariaDB: a NO PAD collation), and a
     second save of both changes nothing and writes no event."""
     tasks = [task("b"), task("b "), task("b  ", prompt="three")]
-    assert store.save("main", tasks, None, NOW).inserted == 3
-    again = store.save("main", tasks, None, NOW + timedelta(hours=1))
+    assert save(store, "main", tasks, None, NOW).inserted == 3
+    again = save(store, "main", tasks, None, NOW + timedelta(hours=1))
     assert (again.inserted, again.changed, again.unchanged) == (0, 0, 3)
     assert set(archive(store)) == {"b", "b ", "b  "} and count(store, TaskEvent) == 3
 
@@ -234,13 +242,15 @@ def _lose_lock(store: Store, source: str) -> None:
 def test_every_write_path_checks_the_lock(store: Store) -> None:
     """Once the lock is lost, no write path writes: saves, the one-by-one fallback, gone
     marks, the sweep's last-seen touch and checkpoints all refuse."""
-    store.save("main", [task("1"), task("2")], None, NOW)
+    save(store, "main", [task("1"), task("2")], None, NOW)
     before = archive(store)
     with store.lock("main"):
         _lose_lock(store, "main")
         attempts = [
-            lambda: store.save("main", [task("3")], None, NOW),
-            lambda: store.save("main", [task("4")], None, NOW, checkpoint=("backfill", 1, "4", 4)),
+            lambda: save(store, "main", [task("3")], None, NOW),
+            lambda: save(
+                store, "main", [task("4")], None, NOW, checkpoint=ResumePoint("backfill", 1, "4", 4)
+            ),
             lambda: store.mark_gone("main", {"1"}, None, NOW, max_share=1.0),
             lambda: store.touch_seen("main", NOW + timedelta(days=1)),
             lambda: store.clear_checkpoint("main", "backfill"),
@@ -266,12 +276,12 @@ def test_fallback_after_a_refused_batch_checks_lock_and_dry_run(
         return real_plan(conn, batch, result)
 
     monkeypatch.setattr(store, "_plan", refuse_first)
-    res = store.save("main", [task("1"), task("2")], None, NOW, dry_run=True)
+    res = save(store, "main", [task("1"), task("2")], None, NOW, dry_run=True)
     assert res.inserted == 2 and count(store, Task) == 0 and count(store, TaskEvent) == 0
     with store.lock("main"):
         _lose_lock(store, "main")
         with pytest.raises(DatabaseError, match=r"lock|lease"):
-            store.save("main", [task("1"), task("2")], None, NOW)
+            save(store, "main", [task("1"), task("2")], None, NOW)
     assert count(store, Task) == 0
 
 

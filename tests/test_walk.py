@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sync.client import Page, parse_page
+from sync.client import ServerPage, parse_page
 from sync.simulator import Simulator
 from sync.walk import Cursor, WalkStats, id_key, walk
 
@@ -36,7 +36,7 @@ def apply(sim: Simulator, op: tuple[str, int, int]) -> None:
 def fetcher(sim: Simulator, size: int) -> object:
     import orjson
 
-    def fetch(n: int) -> Page:
+    def fetch(n: int) -> ServerPage:
         body = orjson.dumps({"pageNumber": n, "pageSize": size, "sort": "id,desc"})
         reply = sim.handle("POST", "/mj/task/query", {}, body)
         return parse_page(orjson.loads(reply.body), n, size, "sim")
@@ -100,7 +100,7 @@ def test_walk_repairs_a_removal_above_the_cursor() -> None:
 
 def test_walk_flags_unsorted_pages() -> None:
     """A list not sorted by id cannot be checked for drift: the walk says so."""
-    pages = [Page(0, 2, [{"id": "1"}, {"id": "2"}], 2, True)]
+    pages = [ServerPage(0, 2, [{"id": "1"}, {"id": "2"}], 2, True)]
     stats = WalkStats()
     list(walk(lambda n: pages[n], Cursor(), stats))
     assert not stats.verified

@@ -1,5 +1,5 @@
-"""The fetch process: long walks read and prepare pages in a child process, over a real
-loopback server, into each real database, with the same guarantees as the thread."""
+"""The read side's fetch process: long walks read and prepare pages in a child process, over
+a real loopback server, into each real database, with the same guarantees as the thread."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from _pytest.logging import LogCaptureHandler
 
-from sync import pipeline, prefetch
+from sync import pipeline, reader
 from sync.batch import Binder, prepare
 from sync.client import Client
 from sync.errors import AuthRefused
@@ -32,7 +32,7 @@ from .test_resilience import config_file, tasksync
 @pytest.fixture
 def early_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """Walks of 5 pages or more move to a fetch process (100 in production)."""
-    monkeypatch.setattr(prefetch, "PROCESS_MIN_PAGES", 5)
+    monkeypatch.setattr(reader, "PROCESS_MIN_PAGES", 5)
 
 
 def _children(pid: int) -> list[int]:
@@ -47,7 +47,7 @@ def _children(pid: int) -> list[int]:
         except OSError:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == pid and b"sync.prefetch" in cmd:
+        if ppid == pid and b"sync.reader" in cmd:
             found.append(int(entry.name))
     return found
 
@@ -107,13 +107,13 @@ def test_fetch_process_backfill_under_drift_equals_truth(
     sim.on_request = churn
     src = source_for(serve(sim).url, concurrency=3, max_requests_per_second=25)
     with Client(src) as client:
-        report = pipeline.backfill(store, client, src)
+        report = pipeline.backfill(store, client, src, fetch_process=True)
         assert report.outcome == "ok" and _used_process(info_logs)
         assert any("drift repairs" in n for n in report.notes), report.notes
         assert report.requests == sim.query_requests  # the child's requests are counted
         sim.on_request = None
         sim.arrivals_per_request = 0
-        sweep = pipeline.sweep(store, client, src)
+        sweep = pipeline.sweep(store, client, src, fetch_process=True)
     assert sweep.outcome == "ok" and removed
     assert_archive_equals_truth(store, sim)
     with store.engine.connect() as conn:
@@ -142,7 +142,7 @@ def test_fetch_process_retries_a_hostile_server_quietly(
     sim = Simulator(2_500, seed=13, faults=faults)
     src = source_for(serve(sim).url, retry_attempts=12, max_requests_per_second=30)
     with Client(src) as client:
-        report = pipeline.backfill(sqlite_store, client, src)
+        report = pipeline.backfill(sqlite_store, client, src, fetch_process=True)
     assert report.outcome == "ok" and _used_process(info_logs)
     assert report.retries > 2 and report.requests == sim.requests  # faults included
     assert_archive_equals_truth(sqlite_store, sim)
@@ -162,7 +162,7 @@ def test_nul_characters_are_replaced_on_thread_and_process_pages(
         sim.overrides[i] = {**sim.task(i), "prompt": "nul\x00inside", "properties": {"k\x00": 1}}
     src = source_for(serve(sim).url, max_requests_per_second=15)
     with Client(src) as client:
-        report = pipeline.backfill(store, client, src)
+        report = pipeline.backfill(store, client, src, fetch_process=True)
     assert report.outcome == "ok" and report.inserted == 1_500 and _used_process(info_logs)
     rows = archive(store)
     for i in (1_499, 20):
@@ -181,10 +181,10 @@ def test_fetch_process_rebackfill_writes_nothing(
     sim = Simulator(2_000, seed=8)
     src = source_for(serve(sim).url, max_requests_per_second=15)
     with Client(src) as client:
-        pipeline.backfill(sqlite_store, client, src)
+        pipeline.backfill(sqlite_store, client, src, fetch_process=True)
         events = count(sqlite_store, TaskEvent)
         info_logs.clear()
-        again = pipeline.backfill(sqlite_store, client, src)
+        again = pipeline.backfill(sqlite_store, client, src, fetch_process=True)
     assert _used_process(info_logs)
     assert (again.inserted, again.changed, again.unchanged) == (0, 0, 2_000)
     assert count(sqlite_store, TaskEvent) == events
@@ -211,7 +211,7 @@ def test_fetch_process_error_keeps_its_kind_and_leaves_no_child(
     sim.on_request = revoke
     src = source_for(serve(sim).url, max_requests_per_second=20)
     with Client(src, token="good") as client, pytest.raises(AuthRefused):
-        pipeline.backfill(sqlite_store, client, src)
+        pipeline.backfill(sqlite_store, client, src, fetch_process=True)
     assert _used_process(info_logs)
     assert last_run(sqlite_store)["outcome"] == "failed"
     assert _children(os.getpid()) == []
@@ -225,11 +225,11 @@ def test_fetch_process_that_cannot_start_falls_back_to_a_thread(
     monkeypatch: pytest.MonkeyPatch,
     info_logs: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setattr(prefetch.sys, "executable", "/bin/false")
+    monkeypatch.setattr(reader.sys, "executable", "/bin/false")
     sim = Simulator(1_000, seed=10)
     src = source_for(serve(sim).url)
     with Client(src) as client:
-        report = pipeline.backfill(sqlite_store, client, src)
+        report = pipeline.backfill(sqlite_store, client, src, fetch_process=True)
     assert report.outcome == "ok" and report.inserted == 1_000
     assert any("reading on a thread" in r.getMessage() for r in info_logs.records)
     assert_archive_equals_truth(sqlite_store, sim)

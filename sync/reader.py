@@ -1,17 +1,26 @@
-"""Reading pages ahead of the writer, so fetching and preparing overlap with database writes.
+"""The read side: pages of the task list made ready to save, read ahead of the writer.
 
-Requests always stay strictly sequential (page n+1 is requested only after page n arrived),
-which the walker's drift check relies on. Two ways to overlap:
+    server --> client (ServerPage) --> reader (ReadPage) --> pipeline --> store
 
-* `Prefetcher`: one background thread. Cheap to start, but it shares the GIL with the writer,
-  so only network and database waits overlap.
-* `FetchProcess`: a child process with its own client fetches, parses, fingerprints and binds
-  pages and hands them over a pipe. CPU work then overlaps too, on a second core. Starting it
-  costs a few hundred milliseconds, so `Pages` uses it only for long walks, switching over
-  once the child is up.
+A `ReadPage` is what the walker and the store need from a page: its place in the list, the
+ids on it, and its tasks prepared for saving (`sync.batch`: fingerprints, and for pages of
+mostly new tasks their bind parameters). Requests always stay strictly sequential (page n+1 is
+requested only after page n arrived), which the walker's drift check relies on. Two readers
+overlap the rest with the writer's work:
 
-Either way at most a page or two wait ahead (flat memory), and asking for any page other than
-the next one (the walker stepping back) discards what was read ahead and restarts there.
+* `ThreadReader`: one background thread. Cheap to start, but it shares the GIL with the
+  writer, so only network and database waits overlap.
+* `ProcessReader`: a child process (`python -m sync.reader`) with its own client fetches,
+  parses, fingerprints and binds pages and hands them over a pipe, so CPU work overlaps too,
+  on a second core. It loads neither SQLAlchemy nor pydantic (about 40 MB).
+
+`PageReader` is the page source of one walk: it starts on a thread and, when the caller allows
+a process and the walk is long, switches to one once it is up. Either way at most a page or
+two wait ahead (flat memory), and asking for any page other than the next one (the walker
+stepping back) discards what was read ahead and restarts there.
+
+The child prepares pages with the same `sync.batch` and `sync.records` code as the parent:
+anything new that row building needs must reach the child through `_Setup` as well.
 """
 
 from __future__ import annotations
@@ -28,42 +37,78 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import stamina.instrumentation
 
-from sync.batch import Binder, prepare
-from sync.client import Client, Page, loads, parse_page
+from sync.batch import Binder, Prepared, prepare
+from sync.client import Client, ServerPage, loads, parse_page
 from sync.errors import TasksyncError
-from sync.walk import page_ids
 
 if TYPE_CHECKING:
     from sync.config import SourceSettings
+    from sync.runs import SaveResult
 
-log = logging.getLogger("tasksync.pipeline")
+log = logging.getLogger("tasksync.reader")
 
 # A walk with at least this many pages still to read moves to a fetch process.
 PROCESS_MIN_PAGES = 100
+Clock = Callable[[], datetime]
 
 
-class Prefetcher:
+@dataclass(slots=True)
+class ReadPage:
+    """One page as the read side hands it on: where it is in the list, its ids, and its tasks
+    prepared for saving."""
+
+    number: int
+    total: int | None
+    last: bool
+    ids: list[str]
+    batch: Prepared
+
+
+class NewShare:
+    """How much of the last saved page was new or changed: pages of a backfill into an empty
+    archive get their rows built ahead; a re-walk over an unchanged archive skips that."""
+
+    def __init__(self) -> None:
+        self.value = 1.0
+
+    def update(self, res: SaveResult) -> None:
+        self.value = (res.inserted + res.changed + res.returned) / max(1, res.tasks_seen)
+
+    def build_rows(self) -> bool:
+        return self.value > 0.5
+
+
+class ThreadReader:
     """Reads pages ahead on one background thread while the caller writes."""
 
     def __init__(
-        self, fetch: Callable[[int], Page], prepare: Callable[[Page], Any], depth: int
+        self,
+        fetch: Callable[[int], ServerPage],
+        prepare: Callable[[ServerPage], Prepared],
+        depth: int,
     ) -> None:
         self.fetch_one = fetch
         self.prepare = prepare
         self.depth = depth
         self.thread: threading.Thread | None = None
         self.halt = threading.Event()
-        self.queue: queue.Queue[tuple[int, Page | None, BaseException | None]] = queue.Queue()
+        self.queue: queue.Queue[tuple[int, ReadPage | None, BaseException | None]] = queue.Queue()
         self.slots = threading.Semaphore(max(1, depth))
         self.expect = -1
+
+    def read(self, n: int) -> ReadPage:
+        """Page n fetched and prepared here, now."""
+        page = self.fetch_one(n)
+        return ReadPage(page.number, page.total, page.last, page.ids, self.prepare(page))
 
     def _run(
         self, start: int, halt: threading.Event, out: queue.Queue[Any], slots: threading.Semaphore
@@ -74,13 +119,12 @@ class Prefetcher:
             if halt.is_set():
                 return
             try:
-                page = self.fetch_one(n)
-                page.prepared = self.prepare(page)
+                page = self.read(n)
             except BaseException as exc:  # handed to the caller, raised there
                 out.put((n, None, exc))
                 return
             out.put((n, page, None))
-            if page.last or not page.tasks:
+            if page.last or not page.ids:
                 return
             n += 1
 
@@ -95,12 +139,10 @@ class Prefetcher:
         self.thread.start()
         self.expect = n
 
-    def __call__(self, n: int, *, final: bool = False) -> Page:
+    def __call__(self, n: int, *, final: bool = False) -> ReadPage:
         """Page n; with `final`, the thread reads nothing more after it."""
         if self.depth < 1:  # no read-ahead: fetch and prepare here, one page at a time
-            here = self.fetch_one(n)
-            here.prepared = self.prepare(here)
-            return here
+            return self.read(n)
         if n != self.expect or self.thread is None:
             self._restart(n)
         got, page, exc = self.queue.get()
@@ -112,7 +154,7 @@ class Prefetcher:
             raise exc
         assert page is not None and got == n
         self.expect = n + 1
-        if page.last or not page.tasks:
+        if page.last or not page.ids:
             self.thread = None  # the thread stopped at the end; a step back restarts it
         return page
 
@@ -123,7 +165,29 @@ class Prefetcher:
         self.thread = None
 
 
-class FetchProcess:
+class _Setup(NamedTuple):
+    """Everything the child needs, sent once: how to open its client (plain settings, since
+    it has no pydantic), how to bind rows, whether to bind them itself, and whom to watch."""
+
+    client: tuple[Any, ...]
+    binder: Binder
+    bind_here: bool
+    parent: int
+
+
+class _Shipped(NamedTuple):
+    """A page crossing the pipe: prepared in the child, or (a page of mostly known tasks)
+    still the server's bytes, for the parent to parse and prepare."""
+
+    number: int
+    total: int | None
+    last: bool
+    ids: list[str]
+    batch: Prepared | None
+    body: bytes | None
+
+
+class ProcessReader:
     """Fetches and prepares pages in a child process (see the module's docstring).
 
     The child may run `depth` pages ahead: it ships a page only against a credit, and the
@@ -136,9 +200,8 @@ class FetchProcess:
         self,
         client: Client,
         binder: Binder,
-        page_size: int,
         build_rows: Callable[[], bool],
-        prepare: Callable[[Page], Any],
+        prepare: Callable[[ServerPage], Prepared],
         depth: int = 1,
         bind_here: bool = True,
     ) -> None:
@@ -156,7 +219,7 @@ class FetchProcess:
         here = str(Path(__file__).resolve().parent.parent)
         path = os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sync.prefetch", str(theirs.fileno())],
+            [sys.executable, "-m", "sync.reader", str(theirs.fileno())],
             pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -165,7 +228,7 @@ class FetchProcess:
         theirs.close()
         self.conn = Connection(mine.detach())
         try:
-            self.conn.send((client.spawn_args, binder, page_size, bind_here, os.getpid()))
+            self.conn.send(_Setup(client.spawn_args, binder, bind_here, os.getpid()))
         except OSError:  # the child is already gone
             self.close()
             raise
@@ -187,7 +250,7 @@ class FetchProcess:
             log.info("source %s: pages now read by a fetch process", self.client.source.name)
         return self.up
 
-    def __call__(self, n: int) -> Page:
+    def __call__(self, n: int) -> ReadPage:
         hint = self.build_rows()
         if n != self.expect:
             self.gen += 1
@@ -198,7 +261,7 @@ class FetchProcess:
             self.sent_hint = hint
         while True:
             try:
-                gen, got, page, exc, counts = self.conn.recv()
+                gen, got, shipped, exc, counts = self.conn.recv()
             except (EOFError, OSError):
                 self.expect = -1
                 raise TasksyncError("the fetch process ended unexpectedly") from None
@@ -210,15 +273,19 @@ class FetchProcess:
             if exc is not None:
                 self.expect = -1
                 raise exc
-            assert got == n
+            assert got == n and shipped is not None
             self.conn.send(("credit", gen))
             self.expect = n + 1
-            if page.body is not None:  # shipped as received: parse and prepare it here
-                where = f"source {self.client.source.name}: page {n}"
-                page.tasks = parse_page(loads(page.body), n, page.size, where).tasks
-                page.body = None
-                page.prepared = self.prepare(page)
-            return page  # type: ignore[no-any-return]
+            return self._unpack(shipped)
+
+    def _unpack(self, s: _Shipped) -> ReadPage:
+        batch = s.batch
+        if batch is None:  # shipped as the server's bytes: parse and prepare it here
+            assert s.body is not None
+            where = f"source {self.client.source.name}: page {s.number}"
+            page = parse_page(loads(s.body), s.number, 0, where)
+            batch = self.prepare(page)
+        return ReadPage(s.number, s.total, s.last, s.ids, batch)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -231,6 +298,85 @@ class FetchProcess:
             self.proc.wait(timeout=5)
 
 
+class PageReader:
+    """The page source of one walk: read-ahead on a thread, moving a long walk to a fetch
+    process as soon as that is up, when `process` allows it and the client can be reopened
+    there (a client with a custom transport, as in tests, cannot)."""
+
+    def __init__(
+        self,
+        client: Client,
+        src: SourceSettings,
+        binder: Binder,
+        clock: Clock,
+        *,
+        process: bool,
+        bind_in_child: bool,
+    ) -> None:
+        self.hint = NewShare()
+
+        def prepare_page(page: ServerPage) -> Prepared:
+            return prepare(binder, src.name, page.tasks, clock(), build_rows=self.hint.build_rows())
+
+        self.thread: ThreadReader | None = ThreadReader(
+            lambda n: client.query_page(n, src.page_size), prepare_page, src.concurrency - 1
+        )
+        self.spawn: Callable[[], ProcessReader] | None = None
+        if process and src.concurrency > 1 and client.spawn_args is not None:
+            # Where rows get bound: SQLite's writer has CPU to spare while its pages are
+            # fetched; a PostgreSQL or MariaDB writer mostly waits for its server, so the
+            # child binds them (the README's performance section has the figures).
+            self.spawn = lambda: ProcessReader(
+                client,
+                binder,
+                self.hint.build_rows,
+                prepare_page,
+                src.concurrency - 1,
+                bind_here=bind_in_child,
+            )
+        self.proc: ProcessReader | None = None
+
+    def saw(self, res: SaveResult) -> None:
+        """What saving the last page did: decides whether rows are built ahead."""
+        self.hint.update(res)
+
+    def __call__(self, n: int) -> ReadPage:
+        if self.proc is not None:
+            try:
+                if self.proc.ready():
+                    if self.thread is not None:
+                        thread, self.thread = self.thread, None
+                        if n == thread.expect and thread.depth > 0:
+                            # The thread has this page or is reading it: take it, and let the
+                            # process start at the next one, so no request is made twice.
+                            return thread(n, final=True)
+                        thread.close()
+                    return self.proc(n)
+            except TasksyncError as exc:
+                if self.proc.up:
+                    raise
+                log.warning("%s; reading on a thread instead", exc)
+                self.proc.close()
+                self.proc = None
+        assert self.thread is not None
+        page = self.thread(n)
+        size = len(page.ids)
+        if self.spawn is not None and self.proc is None and page.total and size:
+            if page.total // size - n >= PROCESS_MIN_PAGES:
+                try:
+                    self.proc = self.spawn()
+                except (OSError, ValueError) as exc:  # ValueError: no pass_fds (not POSIX)
+                    log.warning("could not start a fetch process (%s); reading on a thread", exc)
+            self.spawn = None
+        return page
+
+    def close(self) -> None:
+        if self.thread is not None:
+            self.thread.close()
+        if self.proc is not None:
+            self.proc.close()
+
+
 def _watch_parent(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(0.2)
@@ -240,15 +386,15 @@ def _watch_parent(parent: int) -> None:
 def _worker(conn: Connection) -> None:
     """The fetch process: from `start` on, fetch, prepare and ship pages while it holds
     credits, until the end of the list or the next command."""
-    spawn_args, binder, page_size, bind_here, parent = conn.recv()
+    setup: _Setup = conn.recv()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when this child stops
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # Nothing printed from here: errors go to the parent, retries are counted there, and
     # stamina's own retry log and metrics would be unformatted and unseen in this process.
     logging.getLogger().addHandler(logging.NullHandler())
     stamina.instrumentation.set_on_retry_hooks([])
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-    settings, token, wait_initial, wait_max = spawn_args
+    threading.Thread(target=_watch_parent, args=(setup.parent,), daemon=True).start()
+    settings, token, wait_initial, wait_max = setup.client
     # The source's settings as plain attributes: validated in the parent already, and pydantic
     # would cost this process a fifth of its memory.
     src = cast("SourceSettings", SimpleNamespace(**settings))
@@ -273,21 +419,21 @@ def _worker(conn: Connection) -> None:
             # fingerprinted by the parent, which is idle then (cheaper than pickling
             # fingerprints across).
             try:
-                page = client.query_page(n, page_size, keep_body=not build_rows)
-                ids = page_ids(page)
+                page = client.query_page(n, src.page_size, keep_body=not build_rows)
+                batch = None
                 if build_rows:
-                    page.prepared = prepare(
-                        binder, src.name, page.tasks, datetime.now(UTC), build_rows=bind_here
+                    now = datetime.now(UTC)
+                    batch = prepare(
+                        setup.binder, src.name, page.tasks, now, build_rows=setup.bind_here
                     )
+                ship = _Shipped(n, page.total, page.last, page.ids, batch, page.body)
             except Exception as exc:
                 conn.send((gen, n, None, _picklable(exc), (client.requests, client.retries)))
                 running = False
                 continue
-            ship = Page(page.number, page.size, [], page.total, page.last, page.prepared, ids)
-            ship.body = page.body
             conn.send((gen, n, ship, None, (client.requests, client.retries)))
             credits -= 1
-            if page.last or not ids:
+            if page.last or not ship.ids:
                 running = False
             n += 1
     except (EOFError, OSError):
@@ -304,58 +450,13 @@ def _picklable(exc: Exception) -> Exception:
     return exc
 
 
-class Pages:
-    """The page source of one walk: read-ahead on a thread, moving a long walk to a fetch
-    process as soon as that is up (when the client can be reopened there)."""
-
-    def __init__(
-        self,
-        thread: Prefetcher,
-        spawn: Callable[[], FetchProcess] | None,
-    ) -> None:
-        self.thread: Prefetcher | None = thread
-        self.spawn = spawn
-        self.proc: FetchProcess | None = None
-
-    def __call__(self, n: int) -> Page:
-        if self.proc is not None:
-            try:
-                if self.proc.ready():
-                    if self.thread is not None:
-                        thread, self.thread = self.thread, None
-                        if n == thread.expect and thread.depth > 0:
-                            # The thread has this page or is reading it: take it, and let the
-                            # process start at the next one, so no request is made twice.
-                            return thread(n, final=True)
-                        thread.close()
-                    return self.proc(n)
-            except TasksyncError as exc:
-                if self.proc.up:
-                    raise
-                log.warning("%s; reading on a thread instead", exc)
-                self.proc.close()
-                self.proc = None
-        assert self.thread is not None
-        page = self.thread(n)
-        if self.spawn is not None and self.proc is None and page.total and page.size:
-            if page.total // page.size - n >= PROCESS_MIN_PAGES:
-                try:
-                    self.proc = self.spawn()
-                except (OSError, ValueError) as exc:  # ValueError: no pass_fds (not POSIX)
-                    log.warning("could not start a fetch process (%s); reading on a thread", exc)
-            self.spawn = None
-        return page
-
-    def close(self) -> None:
-        if self.thread is not None:
-            self.thread.close()
-        if self.proc is not None:
-            self.proc.close()
-
-
 if __name__ == "__main__":
+    # Run as `sync.reader`, not as `__main__`, so the pages it pickles name their types by the
+    # module the parent knows.
+    from sync.reader import _worker as worker
+
     try:
-        _worker(Connection(int(sys.argv[1])))
+        worker(Connection(int(sys.argv[1])))
     except Exception as exc:  # the parent reports "ended unexpectedly"; one line here
         sys.stderr.write(f"tasksync fetch process: {type(exc).__name__}: {exc}\n")
         sys.exit(1)

@@ -1,0 +1,196 @@
+"""What a person sees: logging (text or JSON lines), the one log line per run, progress bars,
+query results rendered as table, CSV or JSON, and Ctrl-C / SIGTERM handling for a run.
+
+Used by the command line, the daemon and the demo; nothing here decides what a run does.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sync.runs import COUNTERS, RunReport
+
+log = logging.getLogger("tasksync")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created).astimezone().isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        doc.update(getattr(record, "fields", {}))
+        return json.dumps(doc, default=str, ensure_ascii=False)
+
+
+def setup_logging(verbose: int, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+    # httpx logs every request at INFO; URLs are fine, but keep the noise for -vv.
+    for name in ("httpx", "httpcore", "apscheduler", "alembic"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """SIGINT/SIGTERM set an event; the run finishes its page, commits and stops."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        if stop.is_set():  # a second signal: the user really means it
+            raise KeyboardInterrupt
+        log.info(
+            "%s received: finishing the current page, then stopping", signal.Signals(signum).name
+        )
+        stop.set()
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def log_run(report: RunReport) -> None:
+    """One line per run, text or JSON (the fields go into the JSON record)."""
+    names = ("source", "kind", "outcome", *(c for c in COUNTERS if c != "tasks_seen"))
+    fields = {k: getattr(report, k) for k in names}
+    fields["duration_s"] = round(report.duration_s, 2)
+    if report.dry_run:
+        fields["dry_run"] = True
+    text = " ".join(f"{k}={v}" for k, v in fields.items())
+    if report.error:
+        text += f" error={report.error!r}"
+    for note in report.notes:
+        text += f" ({note})"
+    log.info("run %s", text, extra={"fields": fields})
+
+
+class ProgressDisplay:
+    """A rich progress bar on a terminal; a plain log line every few seconds otherwise."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.tty = sys.stderr.isatty()
+        self.bar: Any = None
+        self.last_log = 0.0
+
+    def __enter__(self) -> ProgressDisplay:
+        if self.tty:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("tasks · {task.fields[pages]} pages"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                transient=False,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task(self.label, total=None, pages=0)
+        return self
+
+    def __call__(self, pages: int, tasks: int, total: int | None) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=tasks, total=total, pages=pages)
+            return
+        now = time.monotonic()
+        if now - self.last_log >= 5 or pages == 1:
+            self.last_log = now
+            of = f" of about {total}" if total is not None else ""
+            log.info("%s: %d pages, %d tasks%s", self.label, pages, tasks, of)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _cell(v: Any) -> Any:
+    if isinstance(v, datetime | date):
+        return v.isoformat()
+    if isinstance(v, Decimal):
+        return float(v)
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    return v
+
+
+TABLE_SAMPLE = 500  # rows read before a table's column widths are fixed
+
+
+def render(cols: list[str], rows: Iterable[tuple[Any, ...]], fmt: str) -> Iterator[str]:
+    """Rows as table, CSV or JSON text, produced as they come (never all in memory)."""
+    it = (tuple(_cell(v) for v in r) for r in rows)
+    if fmt == "json":
+        yield "["
+        for n, r in enumerate(it):
+            doc = json.dumps(dict(zip(cols, r, strict=True)), ensure_ascii=False, default=str)
+            yield (" " if n == 0 else ",") + doc
+        yield "]"
+        return
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(cols)
+        for r in it:
+            w.writerow(r)
+            if buf.tell() > 65536:
+                yield buf.getvalue().rstrip("\n")
+                buf.seek(0)
+                buf.truncate()
+        rest = buf.getvalue().rstrip("\n")
+        if rest:
+            yield rest
+        return
+
+    def cells(r: tuple[Any, ...]) -> list[str]:
+        return [("" if v is None else str(v)).replace("\n", " ")[:60] for v in r]
+
+    head = [cells(r) for r in itertools.islice(it, TABLE_SAMPLE)]
+    widths = [max([len(c)] + [len(r[i]) for r in head]) for i, c in enumerate(cols)]
+
+    def line(values: list[str]) -> str:
+        return "  ".join(v[:w].ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()
+
+    yield line(cols)
+    yield "  ".join("-" * w for w in widths)
+    n = 0
+    for values in itertools.chain(head, map(cells, it)):
+        n += 1
+        yield line(values)
+    yield f"({n} row{'s' if n != 1 else ''})"
