@@ -155,8 +155,9 @@ def _sqlite_pragmas(engine: Engine) -> None:
     def _connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        # Tasks are ~3 KB rows: 16 KiB pages avoid overflow chains (about 1.5x faster bulk
-        # writes). Takes effect only on a new, empty file; existing archives keep theirs.
+        # Task rows are a few KB: 16 KiB pages avoid overflow chains (faster bulk writes; the
+        # README's performance section has the figures). Takes effect only on a new, empty
+        # file; existing archives keep theirs.
         cur.execute("PRAGMA page_size=16384")
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA busy_timeout=30000")

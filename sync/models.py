@@ -1,5 +1,5 @@
-"""The archive's schema, declared once (SPEC §4). Alembic revisions create it; tests check that
-the migrations and these models agree."""
+"""The archive's schema, declared once (the README's "The archive" documents it). Alembic
+revisions create it; tests check that the migrations and these models agree."""
 
 from __future__ import annotations
 
@@ -32,6 +32,13 @@ NAMING_CONVENTION = {
 }
 
 TERMINAL_STATUSES = ("SUCCESS", "FAILURE", "CANCEL")
+
+
+def unfinished(status: Any) -> Any:
+    """Whether a task with this status column is not finished: any status but SUCCESS,
+    FAILURE and CANCEL, a missing one included (MODAL, "" and unknown ones too). The one
+    definition the store and the reports use; the `daily_stats` view spells it the same way."""
+    return status.is_(None) | status.not_in(TERMINAL_STATUSES)
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -7,9 +7,9 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import case, func, select, text
 
-from sync.models import SyncRun, TaskEvent
+from sync.models import SyncRun, Task, TaskEvent, unfinished
 from sync.store import Store
 
 
@@ -90,14 +90,13 @@ def source_status(store: Store, names: list[str] | None, now: datetime | None = 
             names = [r[0] for r in conn.execute(text("SELECT DISTINCT source FROM sync_runs"))]
         out = []
         for name in names:
-            archived, gone, unfinished = conn.execute(
-                text(
-                    "SELECT COUNT(*), SUM(CASE WHEN gone_at IS NULL THEN 0 ELSE 1 END), "
-                    "SUM(CASE WHEN gone_at IS NULL AND (status IS NULL OR status NOT IN "
-                    "('SUCCESS','FAILURE','CANCEL')) THEN 1 ELSE 0 END) "
-                    "FROM tasks WHERE source = :s"
-                ),
-                {"s": name},
+            present = Task.gone_at.is_(None)
+            archived, gone, moving = conn.execute(
+                select(
+                    func.count(),
+                    func.sum(case((present, 0), else_=1)),
+                    func.sum(case((present & unfinished(Task.status), 1), else_=0)),
+                ).where(Task.source == name)
             ).one()
             runs = conn.execute(
                 select(
@@ -122,7 +121,7 @@ def source_status(store: Store, names: list[str] | None, now: datetime | None = 
             since = f"{_ago(now - ok)} ago" if ok else "never"
             out.append(
                 f"source {name}: {archived} tasks archived ({int(gone or 0)} gone, "
-                f"{int(unfinished or 0)} unfinished); last success {since}"
+                f"{int(moving or 0)} unfinished); last success {since}"
             )
             for kind, outcome, started, dur, ins, chg, gn, err in runs:
                 line = (
