@@ -11,6 +11,7 @@ time per sync (median), against the bound ceil(k/page)+ceil(u/100)+2 and the tar
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import tempfile
@@ -20,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sync import pipeline, schema
-from sync.client import Client
+from sync.client import BY_IDS_MAX, Client
 from sync.config import SourceSettings
 from sync.simulator import Simulator, SimulatorServer
 from sync.store import Store
@@ -53,7 +54,9 @@ def main() -> None:
             t0 = time.perf_counter()
             pipeline.backfill(store, client, src)
             print(f"archive: {args.archive:,} tasks backfilled in {time.perf_counter() - t0:.1f}s")
-            bound = pipeline.request_bound(args.new, args.unfinished, src.page_size)
+            bound = (
+                math.ceil(args.new / src.page_size) + math.ceil(args.unfinished / BY_IDS_MAX) + 2
+            )
             reqs, secs = [], []
             arrived: list[str] = []
             for _ in range(args.repeat):

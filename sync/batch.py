@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from sync.records import Fingerprint, Record, Rejected, build, fingerprint, task_id
+from sync.records import Fingerprint, Record, Rejected, build, fingerprint
 
 
 class Built(NamedTuple):
@@ -104,7 +104,7 @@ def prepare(
         try:
             fp = fingerprint(obj)
         except Exception as exc:  # one odd task is rejected alone, never the whole run
-            fp = Rejected(task_id(obj), f"cannot be read: {type(exc).__name__}")
+            fp = Rejected(None, f"cannot be read: {type(exc).__name__}")
         if isinstance(fp, Rejected):
             rejects.append(fp)
             continue

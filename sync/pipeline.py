@@ -8,7 +8,6 @@ walker decides which page comes next, the store saves. Every run is recorded in 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -306,8 +305,3 @@ def sweep(
             store.touch_seen(src.name, clock())
 
     return run_recorded(store, client, src, "sweep", clock, body, dry_run=dry_run)
-
-
-def request_bound(new: int, unfinished: int, page_size: int) -> int:
-    """The most requests an incremental sync may make (asserted in tests)."""
-    return math.ceil(new / page_size) + math.ceil(unfinished / BY_IDS_MAX) + 2

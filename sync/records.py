@@ -64,11 +64,9 @@ class Fingerprint:
 
 @dataclass(slots=True)
 class Record:
-    """A task ready to store: its column values and its content hash."""
+    """A task ready to store: its column values, and its canonical JSON for `raw`."""
 
-    id: str
     row: dict[str, Any]
-    hash: str
     raw_json: str
 
 
@@ -217,13 +215,7 @@ def build(source: str, fp: Fingerprint) -> Record | Rejected:
         "raw": raw,
         "content_hash": fp.hash,
     }
-    return Record(fp.id, row, fp.hash, fp.text)
-
-
-def normalize(source: str, obj: Any) -> Record | Rejected:
-    """Turn one task object from the server into a `Record`, or say why it can't be stored."""
-    fp = fingerprint(obj)
-    return fp if isinstance(fp, Rejected) else build(source, fp)
+    return Record(row, fp.text)
 
 
 def changed_fields(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:

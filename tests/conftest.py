@@ -1,43 +1,23 @@
-"""Real-database fixtures. Every test gets its own freshly created database (PostgreSQL,
-MariaDB) or file (SQLite), migrated by Alembic, named after this run so runs never meet.
-
-On a machine without PostgreSQL or MariaDB those tests skip with the reason; under CI=true an
-unreachable server fails them instead.
+"""Fixtures only (the helpers they use are in helpers.py): a freshly created, migrated database
+on each backend, simulators on loopback ports, tasksync run in-process, and no process left
+behind by a test.
 """
 
 from __future__ import annotations
 
-import itertools
-import os
-import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import stamina
 
-from sync import schema
-from sync.config import SourceSettings
+from sync.cli import main
 from sync.schema import migrations_dir
 from sync.simulator import Simulator, SimulatorServer
 from sync.store import Store
 
-RUN = f"tsync_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-COUNTER = itertools.count()
-CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-PG_HOST = os.environ.get("TASKSYNC_TEST_PG_HOST", "127.0.0.1")
-PG_USER = os.environ.get("TASKSYNC_TEST_PG_USER", "postgres")
-MY_HOST = os.environ.get("TASKSYNC_TEST_MARIADB_HOST", "127.0.0.1")
-MY_USER = os.environ.get("TASKSYNC_TEST_MARIADB_USER", "root")
-_reachable: dict[str, str | None] = {}
-
-BACKENDS = [
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgresql),
-    pytest.param("mariadb", id="mariadb", marks=pytest.mark.mariadb),
-]
+from .helpers import BACKENDS, LAUNCHED, Run, fresh_database, migrated
 
 
 @pytest.fixture(autouse=True)
@@ -48,65 +28,18 @@ def _no_retry_waits() -> Iterator[None]:
     stamina.set_testing(False)
 
 
-def _pg_admin() -> Any:
-    import psycopg
-
-    return psycopg.connect(
-        host=PG_HOST, user=PG_USER, dbname="postgres", autocommit=True, connect_timeout=3
-    )
-
-
-def _my_admin() -> Any:
-    import pymysql
-
-    return pymysql.connect(
-        host=MY_HOST, user=MY_USER, password="", connect_timeout=3, autocommit=True
-    )
-
-
-def _require(kind: str) -> None:
-    if kind == "sqlite":
-        return
-    if kind not in _reachable:
-        try:
-            (_pg_admin if kind == "postgresql" else _my_admin)().close()
-            _reachable[kind] = None
-        except Exception as exc:
-            _reachable[kind] = (
-                f"{kind} at {PG_HOST if kind == 'postgresql' else MY_HOST} "
-                f"unreachable: {str(exc).splitlines()[0]}"
-            )
-    reason = _reachable[kind]
-    if reason:
-        if CI:
-            pytest.fail(f"CI=true requires {kind}: {reason}")
-        pytest.skip(reason)
-
-
-@contextmanager
-def fresh_database(kind: str, tmp_path: Path) -> Iterator[str]:
-    """A new, empty database of `kind`; dropped afterwards."""
-    _require(kind)
-    name = f"{RUN}_{next(COUNTER)}"
-    if kind == "sqlite":
-        yield f"sqlite:///{tmp_path / (name + '.db')}"
-        return
-    if kind == "postgresql":
-        with _pg_admin() as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield f"postgresql+psycopg://{PG_USER}@{PG_HOST}/{name}"
-        finally:
-            with _pg_admin() as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        return
-    conn = _my_admin()
-    try:
-        conn.cursor().execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
-        yield f"mysql+pymysql://{MY_USER}@{MY_HOST}/{name}?charset=utf8mb4"
-    finally:
-        conn.cursor().execute(f"DROP DATABASE IF EXISTS `{name}`")
-        conn.close()
+@pytest.fixture(autouse=True)
+def _reap_processes() -> Iterator[None]:
+    """A failed test must not leave tasksync processes (daemons above all) behind."""
+    yield
+    while LAUNCHED:
+        proc = LAUNCHED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 @pytest.fixture(params=BACKENDS)
@@ -134,12 +67,6 @@ def server_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[st
 def sqlite_url(tmp_path: Path) -> Iterator[str]:
     with fresh_database("sqlite", tmp_path) as url:
         yield url
-
-
-def migrated(url: str) -> Store:
-    store = Store(url)
-    schema.upgrade(store)
-    return store
 
 
 @pytest.fixture
@@ -172,16 +99,26 @@ def serve() -> Iterator[Callable[[Simulator], SimulatorServer]]:
         s.stop()
 
 
-def source_for(url: str, **kw: Any) -> SourceSettings:
-    """A source pointed at `url` with test-friendly limits."""
-    opts: dict[str, Any] = {
-        "name": "main",
-        "base_url": url,
-        "max_requests_per_second": 10_000,
-        "timeout_s": 5,
-    }
-    opts.update(kw)
-    return SourceSettings(**opts)
+@pytest.fixture
+def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Run:
+    """Run `tasksync ARGS` in-process from tmp_path, with `env` added to the environment and
+    no TASKSYNC_CONFIG or TASKSYNC_DATABASE_URL; return (exit code, stdout, stderr)."""
+    monkeypatch.chdir(tmp_path)
+    for var in ("TASKSYNC_CONFIG", "TASKSYNC_DATABASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+
+    def go(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+        for k, v in (env or {}).items():
+            monkeypatch.setenv(k, v)
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return go
 
 
 # pytest-alembic: the migrations under test, against each backend.

@@ -1,16 +1,236 @@
-"""Shared test helpers: compare the archive with the simulator's truth, field by field."""
+"""Shared test helpers, as plain functions (the fixtures are in conftest.py): a fresh database
+of each backend, one config writer, one `tasksync` subprocess launcher, and comparing the
+archive with the simulator's truth field by field.
+
+Every test gets its own freshly created database (PostgreSQL, MariaDB) or file (SQLite), named
+after this run so runs never meet. On a machine without PostgreSQL or MariaDB those tests skip
+with the reason; under CI=true an unreachable server fails them instead.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import pytest
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 
+from sync import schema
+from sync.client import BY_IDS_MAX
+from sync.config import SourceSettings
 from sync.models import SyncRun, Task, TaskEvent
-from sync.records import normalize
+from sync.records import Record, Rejected, build, fingerprint
 from sync.simulator import Simulator
 from sync.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: README, examples, `-m sync`
+
+# Databases -------------------------------------------------------------------------------
+
+RUN = f"tsync_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+COUNTER = itertools.count()
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+PG_HOST = os.environ.get("TASKSYNC_TEST_PG_HOST", "127.0.0.1")
+PG_USER = os.environ.get("TASKSYNC_TEST_PG_USER", "postgres")
+MY_HOST = os.environ.get("TASKSYNC_TEST_MARIADB_HOST", "127.0.0.1")
+MY_USER = os.environ.get("TASKSYNC_TEST_MARIADB_USER", "root")
+_reachable: dict[str, str | None] = {}
+
+BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgresql),
+    pytest.param("mariadb", id="mariadb", marks=pytest.mark.mariadb),
+]
+
+
+def _pg_admin() -> Any:
+    import psycopg
+
+    return psycopg.connect(
+        host=PG_HOST, user=PG_USER, dbname="postgres", autocommit=True, connect_timeout=3
+    )
+
+
+def _my_admin() -> Any:
+    import pymysql
+
+    return pymysql.connect(
+        host=MY_HOST, user=MY_USER, password="", connect_timeout=3, autocommit=True
+    )
+
+
+def require(kind: str) -> None:
+    """Skip the test (fail it under CI=true) when the `kind` server cannot be reached."""
+    if kind == "sqlite":
+        return
+    if kind not in _reachable:
+        try:
+            (_pg_admin if kind == "postgresql" else _my_admin)().close()
+            _reachable[kind] = None
+        except Exception as exc:
+            _reachable[kind] = (
+                f"{kind} at {PG_HOST if kind == 'postgresql' else MY_HOST} "
+                f"unreachable: {str(exc).splitlines()[0]}"
+            )
+    reason = _reachable[kind]
+    if reason:
+        if CI:
+            pytest.fail(f"CI=true requires {kind}: {reason}")
+        pytest.skip(reason)
+
+
+@contextlib.contextmanager
+def fresh_database(kind: str, tmp_path: Path) -> Iterator[str]:
+    """A new, empty database of `kind`; dropped afterwards."""
+    require(kind)
+    name = f"{RUN}_{next(COUNTER)}"
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / (name + '.db')}"
+        return
+    if kind == "postgresql":
+        with _pg_admin() as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield f"postgresql+psycopg://{PG_USER}@{PG_HOST}/{name}"
+        finally:
+            with _pg_admin() as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        return
+    conn = _my_admin()
+    try:
+        conn.cursor().execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+        yield f"mysql+pymysql://{MY_USER}@{MY_HOST}/{name}?charset=utf8mb4"
+    finally:
+        conn.cursor().execute(f"DROP DATABASE IF EXISTS `{name}`")
+        conn.close()
+
+
+def migrated(url: str) -> Store:
+    """A store on `url`, migrated to head by Alembic."""
+    store = Store(url)
+    schema.upgrade(store)
+    return store
+
+
+# Sources, configs and processes ----------------------------------------------------------
+
+
+def source_for(url: str, **kw: Any) -> SourceSettings:
+    """A source pointed at `url` with test-friendly limits."""
+    opts: dict[str, Any] = {
+        "name": "main",
+        "base_url": url,
+        "max_requests_per_second": 10_000,
+        "timeout_s": 5,
+    }
+    opts.update(kw)
+    return SourceSettings(**opts)
+
+
+def toml_value(value: Any) -> str:
+    """A TOML literal: bools, numbers, and strings (or paths) as basic strings, whose escapes
+    are JSON's except that DEL must be escaped too."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str | Path):
+        return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
+    raise TypeError(f"no TOML literal for {type(value).__name__}")
+
+
+def write_config(
+    path: Path,
+    db: str,
+    base_url: str,
+    *,
+    schedule: dict[str, Any] | None = None,
+    extra: str = "",
+    **source: Any,
+) -> Path:
+    """Write a config with `[database] url = db` and one source ("main", 1000 requests a
+    second unless `source` says otherwise, then the other `source` keys), an optional
+    `[schedule]` table, then `extra` verbatim."""
+    keys = {"name": "main", "base_url": base_url, "max_requests_per_second": 1000, **source}
+    lines = ["[database]", f"url = {toml_value(db)}", "", "[[sources]]"]
+    lines += [f"{k} = {toml_value(v)}" for k, v in keys.items()]
+    if schedule is not None:
+        lines += ["", "[schedule]", *(f"{k} = {toml_value(v)}" for k, v in schedule.items())]
+    path.write_text("\n".join(lines) + "\n" + extra)
+    return path
+
+
+def daemon_config(
+    path: Path,
+    db: str,
+    base_url: str,
+    *,
+    every: str = "1s",
+    sweep_every: str = "1h",
+    extra: str = "",
+    **source: Any,
+) -> Path:
+    """A config for `tasksync run`: a sync every `every`, quick retries and timeouts."""
+    limits: dict[str, Any] = {
+        "max_requests_per_second": 200,
+        "retry_attempts": 2,
+        "retry_budget_s": 2,
+        "timeout_s": 2,
+    }
+    schedule = {"every": every, "sweep_every": sweep_every, "shutdown_timeout_s": 10}
+    return write_config(path, db, base_url, schedule=schedule, extra=extra, **(limits | source))
+
+
+LAUNCHED: list[subprocess.Popen[str]] = []  # reaped after each test by conftest.py
+
+
+def tasksync(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, log: Path | None = None
+) -> subprocess.Popen[str]:
+    """Start `python -m sync ARGS` from this checkout in `cwd`, with `env` added to the
+    environment; stdout and stderr go to `log` together when given, else to two pipes."""
+    cmd = [sys.executable, "-m", "sync", *args]
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    if log is None:
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env, cwd=cwd
+        )
+    else:
+        with log.open("w") as out:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, text=True, env=full_env, cwd=cwd
+            )
+    LAUNCHED.append(proc)
+    return proc
+
+
+Run = Callable[..., tuple[int, str, str]]  # the `run` fixture: tasksync in-process
+
+
+# Records and the archive -----------------------------------------------------------------
+
+
+def normalize(source: str, obj: Any) -> Record | Rejected:
+    """One task object from the server as its archive row, or why it can't be stored."""
+    fp = fingerprint(obj)
+    return fp if isinstance(fp, Rejected) else build(source, fp)
+
+
+def request_bound(new: int, unfinished: int, page_size: int) -> int:
+    """The most requests an incremental sync may make: ceil(new / page_size) pages of new
+    tasks, ceil(unfinished / 100) by-id batches, plus 2."""
+    return math.ceil(new / page_size) + math.ceil(unfinished / BY_IDS_MAX) + 2
+
 
 COMPARED = [
     c.name
@@ -65,6 +285,36 @@ def last_run(store: Store) -> dict[str, Any]:
     with store.engine.connect() as conn:
         row = conn.execute(select(*SyncRun.__table__.c).order_by(SyncRun.id.desc())).mappings()
         return dict(row.first() or {})
+
+
+# The simulator changing between requests -------------------------------------------------
+
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["arrive", "remove", "expire", "advance", "none"]),
+        st.integers(1, 12),
+        st.integers(0, 10**6),
+    ),
+    max_size=60,
+)
+
+
+def apply(sim: Simulator, op: tuple[str, int, int]) -> None:
+    """Apply one of OPS to the simulator: tasks arrive, are removed, expire or advance."""
+    kind, n, pick = op
+    if kind == "arrive":
+        sim.arrive(n)
+    elif kind == "expire":
+        sim.expire(min(n, 3))
+    elif kind == "remove" and sim.alive:
+        for k in range(min(n, 4)):
+            if sim.alive:
+                sim.remove(sim.alive[(pick + k * 7919) % len(sim.alive)])
+    elif kind == "advance" and sim.alive:
+        sim.advance(sim.alive[pick % len(sim.alive)])
+
+
+# Servers ---------------------------------------------------------------------------------
 
 
 def sim_transport(sim: Simulator) -> Any:

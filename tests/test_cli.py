@@ -2,50 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from sync.cli import main
 from sync.models import Task
 from sync.simulator import Faults, Simulator, SimulatorServer
 
-from .helpers import count
-
-Run = Callable[..., tuple[int, str, str]]
-
-
-@pytest.fixture
-def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Run:
-    """Run `tasksync ARGS` in-process; return (exit code, stdout, stderr)."""
-    monkeypatch.chdir(tmp_path)
-    for var in ("TASKSYNC_CONFIG", "TASKSYNC_DATABASE_URL"):
-        monkeypatch.delenv(var, raising=False)
-
-    def go(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-        for k, v in (env or {}).items():
-            monkeypatch.setenv(k, v)
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return go
-
-
-def write_config(path: Path, url: str, db: str, extra: str = "") -> Path:
-    path.write_text(
-        f'[database]\nurl = "{db}"\n\n[[sources]]\nname = "main"\n'
-        f'base_url = "{url}"\nmax_requests_per_second = 1000\n{extra}'
-    )
-    return path
+from .helpers import ROOT, Run, count, tasksync, write_config
 
 
 @pytest.mark.parametrize(
@@ -95,7 +59,7 @@ def test_missing_config_file_is_exit_2(run: Run) -> None:
 
 def test_config_example_loads_and_check_redacts(run: Run, tmp_path: Path) -> None:
     """config.example.toml is valid; config check shows where the token is from, not it."""
-    example = Path(__file__).parent.parent / "config.example.toml"
+    example = ROOT / "config.example.toml"
     code, out, err = run(
         "--config",
         str(example),
@@ -112,14 +76,14 @@ def test_config_example_loads_and_check_redacts(run: Run, tmp_path: Path) -> Non
 
 def test_config_check_missing_token_env_is_exit_2(run: Run, tmp_path: Path) -> None:
     """A token_env that is not set is a config error at check time."""
-    cfg = write_config(tmp_path / "c.toml", "http://x", "sqlite:///a.db", 'token_env = "NOPE_T"')
+    cfg = write_config(tmp_path / "c.toml", "sqlite:///a.db", "http://x", token_env="NOPE_T")
     code, _, err = run("--config", str(cfg), "config", "check")
     assert code == 2 and "NOPE_T" in err
 
 
 def test_db_flag_beats_env_beats_file(run: Run, tmp_path: Path) -> None:
     """--db > TASKSYNC_DATABASE_URL > config file."""
-    cfg = write_config(tmp_path / "c.toml", "http://x", "sqlite:///file.db")
+    cfg = write_config(tmp_path / "c.toml", "sqlite:///file.db", "http://x")
     _, out, _ = run(
         "--config", str(cfg), "config", "check", env={"TASKSYNC_DATABASE_URL": "sqlite:///env.db"}
     )
@@ -131,10 +95,7 @@ def test_db_flag_beats_env_beats_file(run: Run, tmp_path: Path) -> None:
 def test_unreachable_server_exits_1_one_line(run: Run, tmp_path: Path) -> None:
     """Nothing listening: one line naming the URL, exit 1, and the run is recorded failed."""
     cfg = write_config(
-        tmp_path / "c.toml",
-        "http://127.0.0.1:9",
-        "sqlite:///a.db",
-        "retry_attempts = 2\ntimeout_s = 2",
+        tmp_path / "c.toml", "sqlite:///a.db", "http://127.0.0.1:9", retry_attempts=2, timeout_s=2
     )
     assert run("--config", str(cfg), "db", "upgrade")[0] == 0
     code, _, err = run("--config", str(cfg), "backfill")
@@ -148,7 +109,7 @@ def test_html_reply_exits_1_one_line(run: Run, tmp_path: Path) -> None:
     """A proxy's HTML page: exit 1, one line with the URL, status and content type."""
     sim = Simulator(10, faults=Faults(html=1.0))
     with SimulatorServer(sim) as server:
-        cfg = write_config(tmp_path / "c.toml", server.url, "sqlite:///a.db")
+        cfg = write_config(tmp_path / "c.toml", "sqlite:///a.db", server.url)
         run("--config", str(cfg), "db", "upgrade")
         code, _, err = run("--config", str(cfg), "sync", "--sweep")
     assert code == 1
@@ -160,9 +121,7 @@ def test_refused_token_exits_2_and_never_prints_it(run: Run, tmp_path: Path) -> 
     """A wrong token: exit 2, 'refused the token', and the token itself nowhere."""
     sim = Simulator(10, token="right-token")
     with SimulatorServer(sim) as server:
-        cfg = write_config(
-            tmp_path / "c.toml", server.url, "sqlite:///a.db", 'token_env = "MJ_TOKEN"'
-        )
+        cfg = write_config(tmp_path / "c.toml", "sqlite:///a.db", server.url, token_env="MJ_TOKEN")
         run("--config", str(cfg), "db", "upgrade")
         code, out, err = run("--config", str(cfg), "backfill", env={"MJ_TOKEN": "wrong-canary"})
         assert code == 2 and "refused the token" in err
@@ -173,7 +132,7 @@ def test_refused_token_exits_2_and_never_prints_it(run: Run, tmp_path: Path) -> 
 
 def test_backfill_before_upgrade_says_run_db_upgrade(run: Run, tmp_path: Path) -> None:
     """An unmigrated database: exit 1 and the fix, `tasksync db upgrade`."""
-    cfg = write_config(tmp_path / "c.toml", "http://127.0.0.1:9", "sqlite:///a.db")
+    cfg = write_config(tmp_path / "c.toml", "sqlite:///a.db", "http://127.0.0.1:9")
     code, _, err = run("--config", str(cfg), "backfill")
     assert code == 1 and "tasksync db upgrade" in err
 
@@ -182,8 +141,8 @@ def test_unreachable_database_exits_1(run: Run, tmp_path: Path) -> None:
     """A database nobody listens on: one line naming it, password hidden."""
     cfg = write_config(
         tmp_path / "c.toml",
-        "http://x",
         "postgresql+psycopg://u:s3cretpw@127.0.0.1:9/x?connect_timeout=2",
+        "http://x",
     )
     code, _, err = run("--config", str(cfg), "backfill")
     assert code == 1 and "127.0.0.1:9" in err and "s3cretpw" not in err
@@ -210,7 +169,7 @@ def test_query_refuses_writes_on_sqlite(run: Run, tmp_path: Path, sql: str) -> N
     """tasksync query refuses every write, deletes nothing, exits 2."""
     db = f"sqlite:///{tmp_path / 'a.db'}"
     with SimulatorServer(Simulator(30)) as server:
-        cfg = write_config(tmp_path / "c.toml", server.url, db)
+        cfg = write_config(tmp_path / "c.toml", db, server.url)
         run("--config", str(cfg), "db", "upgrade")
         assert run("--config", str(cfg), "backfill")[0] == 0
     code, _, err = run("--config", str(cfg), "query", sql)
@@ -233,17 +192,10 @@ def test_query_formats(run: Run, tmp_path: Path) -> None:
 
 def test_cli_subprocess_error_has_no_traceback(tmp_path: Path) -> None:
     """The installed entry point maps errors to exit codes without a traceback."""
-    env = {**os.environ, "TASKSYNC_CONFIG": str(tmp_path / "missing.toml")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "sync", "status"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=60,
-    )
+    proc = tasksync("status", cwd=tmp_path, env={"TASKSYNC_CONFIG": str(tmp_path / "missing.toml")})
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr and "missing.toml" in proc.stderr
+    assert "Traceback" not in err and "missing.toml" in err
 
 
 def test_json_log_format_one_record_per_run(run: Run, tmp_path: Path) -> None:
@@ -251,7 +203,7 @@ def test_json_log_format_one_record_per_run(run: Run, tmp_path: Path) -> None:
     import json
 
     with SimulatorServer(Simulator(150)) as server:
-        cfg = write_config(tmp_path / "c.toml", server.url, f"sqlite:///{tmp_path / 'a.db'}")
+        cfg = write_config(tmp_path / "c.toml", f"sqlite:///{tmp_path / 'a.db'}", server.url)
         run("--config", str(cfg), "db", "upgrade")
         code, _, err = run("--config", str(cfg), "--log-format", "json", "sync")
     assert code == 0, err
@@ -293,7 +245,7 @@ def test_several_sources_name_each_failing_source_once(run: Run, tmp_path: Path)
 )
 def test_bad_base_url_is_a_config_error(run: Run, tmp_path: Path, url: str, code: int) -> None:
     """A base_url with a bad port or credentials is exit 2 for every command, not exit 1."""
-    cfg = write_config(tmp_path / "c.toml", url, "sqlite:///a.db")
+    cfg = write_config(tmp_path / "c.toml", "sqlite:///a.db", url)
     for args in (["config", "check"], ["backfill"], ["status"]):
         got, _, err = run("--config", str(cfg), *args)
         assert got == code and "base_url" in err and "Traceback" not in err, (args, err)

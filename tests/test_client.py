@@ -15,7 +15,7 @@ import pytest
 from sync.client import Client, parse_page, parse_retry_after
 from sync.errors import AuthRefused, BadResponse, HTTPStatusError, ServerRefused, ServerUnreachable
 
-from .conftest import source_for
+from .helpers import source_for
 
 Handler = Callable[[httpx.Request], httpx.Response]
 

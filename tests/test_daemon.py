@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import itertools
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,54 +20,19 @@ from sync.models import SyncRun
 from sync.simulator import Faults, Simulator, SimulatorServer
 from sync.store import Store
 
-from .conftest import fresh_database, migrated
-from .helpers import TcpProxy, assert_archive_equals_truth
+from .helpers import (
+    TcpProxy,
+    assert_archive_equals_truth,
+    daemon_config,
+    fresh_database,
+    migrated,
+    tasksync,
+)
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).parent.parent
 
 
-def daemon_config(
-    tmp_path: Path, url: str, db: str, name: str = "d.toml", extra: str = "", every: str = "1s"
-) -> Path:
-    path = tmp_path / name
-    path.write_text(
-        f'[database]\nurl = "{db}"\n\n[[sources]]\nname = "main"\nbase_url = "{url}"\n'
-        f"max_requests_per_second = 200\nretry_attempts = 2\nretry_budget_s = 2\ntimeout_s = 2\n"
-        f'\n[schedule]\nevery = "{every}"\nsweep_every = "1h"\nshutdown_timeout_s = 10\n{extra}'
-    )
-    return path
-
-
-STARTED: list[subprocess.Popen[bytes]] = []
-
-
-@pytest.fixture(autouse=True)
-def _reap_daemons() -> Iterator[None]:
-    """A failed test must not leave daemons behind."""
-    yield
-    while STARTED:
-        proc = STARTED.pop()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def start_daemon(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sync", "--config", str(cfg), "run"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=cfg.parent,
-        )
-    STARTED.append(proc)
-    return proc
-
-
-def stop_daemon(proc: subprocess.Popen[bytes], bound: float = 15) -> float:
+def stop_daemon(proc: subprocess.Popen[str], bound: float = 15) -> float:
     t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=bound + 5) == 0
@@ -95,7 +58,8 @@ def test_daemon_keeps_archive_equal_to_truth(sqlite_url: str, tmp_path: Path) ->
     store = migrated(sqlite_url)
     sim = Simulator(800, arrivals_per_request=2, updates_per_request=3)
     with SimulatorServer(sim) as server:
-        proc = start_daemon(daemon_config(tmp_path, server.url, sqlite_url), tmp_path / "d.log")
+        cfg = daemon_config(tmp_path / "d.toml", sqlite_url, server.url)
+        proc = tasksync("--config", str(cfg), "run", cwd=tmp_path, log=tmp_path / "d.log")
         wait_for(lambda: sum(r.outcome == "ok" for r in runs(store)) >= 4, 30, "four runs")
         sim.arrivals_per_request = sim.updates_per_request = 0
         done = len(runs(store))
@@ -116,9 +80,12 @@ def test_two_daemons_one_writer_per_source(kind: str, tmp_path: Path) -> None:
         sim = Simulator(3_000, arrivals_per_request=1, updates_per_request=1)
         with SimulatorServer(sim) as server:
             procs = [
-                start_daemon(
-                    daemon_config(tmp_path, server.url, url, f"d{i}.toml", every="1s"),
-                    tmp_path / f"d{i}.log",
+                tasksync(
+                    "--config",
+                    str(daemon_config(tmp_path / f"d{i}.toml", url, server.url, every="1s")),
+                    "run",
+                    cwd=tmp_path,
+                    log=tmp_path / f"d{i}.log",
                 )
                 for i in range(2)
             ]
@@ -160,7 +127,8 @@ def test_daemon_survives_database_and_server_outages(tmp_path: Path) -> None:
         via_proxy = url.replace("@127.0.0.1/", f"@127.0.0.1:{proxy.port}/") + "?connect_timeout=2"
         sim = Simulator(500, arrivals_per_request=1)
         with SimulatorServer(sim) as server:
-            proc = start_daemon(daemon_config(tmp_path, server.url, via_proxy), tmp_path / "d.log")
+            cfg = daemon_config(tmp_path / "d.toml", via_proxy, server.url)
+            proc = tasksync("--config", str(cfg), "run", cwd=tmp_path, log=tmp_path / "d.log")
             wait_for(lambda: sum(r.outcome == "ok" for r in runs(store)) >= 2, 30, "first runs")
             proxy.stop()  # the database goes away
             time.sleep(4)
@@ -195,8 +163,10 @@ def test_metrics_endpoint_counters_move(sqlite_url: str, tmp_path: Path) -> None
     port = free_port()
     sim = Simulator(300, arrivals_per_request=1)
     with SimulatorServer(sim) as server:
-        cfg = daemon_config(tmp_path, server.url, sqlite_url, extra=f"\n[metrics]\nport = {port}\n")
-        proc = start_daemon(cfg, tmp_path / "d.log")
+        cfg = daemon_config(
+            tmp_path / "d.toml", sqlite_url, server.url, extra=f"\n[metrics]\nport = {port}\n"
+        )
+        proc = tasksync("--config", str(cfg), "run", cwd=tmp_path, log=tmp_path / "d.log")
 
         def ok_runs() -> float:
             try:
@@ -222,11 +192,10 @@ def test_sigterm_during_long_run_exits_0_within_bound(sqlite_url: str, tmp_path:
     store = migrated(sqlite_url)
     sim = Simulator(20_000)
     with SimulatorServer(sim) as server:
-        cfg = daemon_config(tmp_path, server.url, sqlite_url, every="1h")
-        cfg.write_text(
-            cfg.read_text().replace("max_requests_per_second = 200", "max_requests_per_second = 10")
+        cfg = daemon_config(
+            tmp_path / "d.toml", sqlite_url, server.url, every="1h", max_requests_per_second=10
         )
-        proc = start_daemon(cfg, tmp_path / "d.log")
+        proc = tasksync("--config", str(cfg), "run", cwd=tmp_path, log=tmp_path / "d.log")
         wait_for(lambda: sim.query_requests >= 3, 30, "the first sync to be under way")
         assert stop_daemon(proc) < 5
     assert runs(store)[-1].outcome == "interrupted"
@@ -300,26 +269,19 @@ def test_daemon_with_syncs_longer_than_their_interval_runs_every_sweep(
     # Pages take 0.6 s: a sync (two pages) outlasts its 1 s interval, a sweep takes ~2.5 s.
     sim = Simulator(350, arrivals_per_request=0.5, faults=Faults(slow=1.0, slow_s=0.6))
     with SimulatorServer(sim) as server:
-        cfg = daemon_config(tmp_path, server.url, sqlite_url, extra="")
-        cfg.write_text(cfg.read_text().replace('sweep_every = "1h"', 'sweep_every = "4s"'))
-        proc = start_daemon(cfg, tmp_path / "d.log")
+        cfg = daemon_config(tmp_path / "d.toml", sqlite_url, server.url, sweep_every="4s")
+        proc = tasksync("--config", str(cfg), "run", cwd=tmp_path, log=tmp_path / "d.log")
         wait_for(lambda: any(r.kind == "sweep" for r in runs(store)), 30, "a first sweep")
         time.sleep(20)  # five more sweeps fall due, while syncs run back to back
         window_end = datetime.now(UTC)
         mine = [r for r in runs(store) if r.pid == proc.pid]
-        other = start_daemon(cfg, tmp_path / "other.log")
+        other = tasksync("--config", str(cfg), "run", cwd=tmp_path, log=tmp_path / "other.log")
         manual: list[tuple[int, str]] = []
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not any(code == 3 for code, _ in manual):
-            got = subprocess.run(
-                [sys.executable, "-m", "sync", "--config", str(cfg), "sync"],
-                capture_output=True,
-                text=True,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-                cwd=tmp_path,
-                timeout=60,
-            )
-            manual.append((got.returncode, got.stderr))
+            got = tasksync("--config", str(cfg), "sync", cwd=tmp_path)
+            _, err = got.communicate(timeout=60)
+            manual.append((got.returncode, err))
         wait_for(
             lambda: "is being synced by host" in (tmp_path / "other.log").read_text(),
             30,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import click
 import pytest
@@ -14,10 +13,9 @@ from sync.client import Client
 from sync.simulator import Simulator
 from sync.store import Store
 
-from .conftest import source_for
-from .helpers import sim_transport
+from .helpers import ROOT, sim_transport, source_for
 
-README = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 
 def _commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:

@@ -10,8 +10,7 @@ from sync.models import Task, TaskEvent
 from sync.simulator import Simulator, SimulatorServer
 from sync.store import Store
 
-from .conftest import source_for
-from .helpers import assert_archive_equals_truth, count, last_run
+from .helpers import assert_archive_equals_truth, count, last_run, source_for
 
 
 def test_backfill_10k_equals_simulator_field_by_field(

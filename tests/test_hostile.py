@@ -22,8 +22,15 @@ from sync.models import Task
 from sync.simulator import Faults, Simulator
 from sync.store import Store
 
-from .conftest import source_for
-from .helpers import HostileServer, count, http_reply, last_run, sim_transport, spring_page
+from .helpers import (
+    HostileServer,
+    count,
+    http_reply,
+    last_run,
+    sim_transport,
+    source_for,
+    spring_page,
+)
 
 Chunks = Iterator[tuple[float, bytes]]
 

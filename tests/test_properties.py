@@ -16,9 +16,7 @@ from sync.models import Task, TaskEvent
 from sync.simulator import Simulator
 from sync.store import Store
 
-from .conftest import migrated, source_for
-from .helpers import assert_archive_equals_truth, sim_transport
-from .test_walk import OPS, apply
+from .helpers import OPS, apply, assert_archive_equals_truth, migrated, sim_transport, source_for
 
 SOURCES = itertools.count()
 RUN_KINDS = st.lists(st.sampled_from(["sync", "sync", "sweep", "backfill"]), min_size=1, max_size=5)

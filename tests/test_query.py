@@ -20,8 +20,7 @@ from sync import readonly
 from sync.errors import DatabaseError, QueryRefused
 from sync.store import Store
 
-from .conftest import MY_HOST, PG_HOST
-from .helpers import sim_transport
+from .helpers import MY_HOST, PG_HOST, sim_transport
 
 MARK = Path("/tmp") / f"tasksync-test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -49,7 +48,7 @@ def archive(store: Store) -> Iterator[Store]:
     from sync.client import Client
     from sync.simulator import Simulator
 
-    from .conftest import source_for
+    from .helpers import source_for
 
     sim = Simulator(120, seed=3)
     src = source_for("http://sim.test")

@@ -24,9 +24,16 @@ from sync.records import Fingerprint
 from sync.simulator import Faults, Simulator, SimulatorServer
 from sync.store import Store
 
-from .conftest import migrated, source_for
-from .helpers import archive, assert_archive_equals_truth, count, last_run
-from .test_resilience import config_file, tasksync
+from .helpers import (
+    archive,
+    assert_archive_equals_truth,
+    count,
+    last_run,
+    migrated,
+    source_for,
+    tasksync,
+    write_config,
+)
 
 
 @pytest.fixture
@@ -244,9 +251,11 @@ def test_kill_9_mid_walk_leaves_no_orphan_and_resumes(db_url_sp: str, tmp_path: 
     sim = Simulator(15_000, seed=12)
     kills = 0
     with SimulatorServer(sim) as server:
-        cfg = config_file(tmp_path, server.url, db_url_sp, max_requests_per_second=80)
+        cfg = write_config(
+            tmp_path / "tasksync.toml", db_url_sp, server.url, max_requests_per_second=80
+        )
         for point in (30, 75):
-            proc = tasksync(cfg, "backfill")
+            proc = tasksync("--config", str(cfg), "backfill", cwd=tmp_path)
             children: list[int] = []
             while sim.query_requests < point and proc.poll() is None:
                 children = children or _children(proc.pid)
@@ -259,7 +268,7 @@ def test_kill_9_mid_walk_leaves_no_orphan_and_resumes(db_url_sp: str, tmp_path: 
             while any(_alive(c) for c in children) and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert not any(_alive(c) for c in children), "fetch process outlived its parent"
-        proc = tasksync(cfg, "backfill")
+        proc = tasksync("--config", str(cfg), "backfill", cwd=tmp_path)
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
     assert_archive_equals_truth(store, sim)
@@ -276,8 +285,10 @@ def test_sigterm_mid_walk_stops_the_fetch_process_too(sqlite_url: str, tmp_path:
     store = migrated(sqlite_url)
     sim = Simulator(20_000, seed=15)
     with SimulatorServer(sim) as server:
-        cfg = config_file(tmp_path, server.url, sqlite_url, max_requests_per_second=60)
-        proc = tasksync(cfg, "backfill")
+        cfg = write_config(
+            tmp_path / "tasksync.toml", sqlite_url, server.url, max_requests_per_second=60
+        )
+        proc = tasksync("--config", str(cfg), "backfill", cwd=tmp_path)
         children: list[int] = []
         while not children and proc.poll() is None:
             children = _children(proc.pid)
@@ -293,7 +304,7 @@ def test_sigterm_mid_walk_stops_the_fetch_process_too(sqlite_url: str, tmp_path:
         run = last_run(store)
         assert run["outcome"] == "interrupted" and 0 < run["inserted"] < 20_000
         before = sim.query_requests
-        proc = tasksync(cfg, "backfill")
+        proc = tasksync("--config", str(cfg), "backfill", cwd=tmp_path)
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
     assert_archive_equals_truth(store, sim)

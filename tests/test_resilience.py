@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,31 +19,17 @@ from sync.models import SyncRun
 from sync.simulator import Faults, Simulator, SimulatorServer
 from sync.store import Store
 
-from .conftest import migrated, source_for
-from .helpers import assert_archive_equals_truth, count, last_run, sim_transport
-
-ROOT = Path(__file__).parent.parent
-
-
-def config_file(tmp_path: Path, url: str, db: str, **source: object) -> Path:
-    lines = [f'[database]\nurl = "{db}"\n\n[[sources]]\nname = "main"\nbase_url = "{url}"']
-    lines += [f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {v}" for k, v in source.items()]
-    path = tmp_path / "tasksync.toml"
-    path.write_text("\n".join(lines).replace("'", '"') + "\n")
-    return path
-
-
-def tasksync(cfg: Path, *args: str, **kw: object) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "sync", "--config", str(cfg), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=cfg.parent,
-        **kw,
-    )  # type: ignore[call-overload]
+from .helpers import (
+    assert_archive_equals_truth,
+    count,
+    fresh_database,
+    last_run,
+    migrated,
+    sim_transport,
+    source_for,
+    tasksync,
+    write_config,
+)
 
 
 def test_chaos_backfill_and_sweep_equal_truth(db_url_sp: str) -> None:
@@ -113,18 +96,22 @@ def test_kill_9_backfill_resumes_to_truth(db_url_sp: str, tmp_path: Path, concur
     kill_at = sorted(rng.sample(range(3, 36), 4))
     arrived = 0
     with SimulatorServer(sim) as server:
-        cfg = config_file(
-            tmp_path, server.url, db_url_sp, max_requests_per_second=60, concurrency=concurrency
+        cfg = write_config(
+            tmp_path / "tasksync.toml",
+            db_url_sp,
+            server.url,
+            max_requests_per_second=60,
+            concurrency=concurrency,
         )
         for point in kill_at:
-            proc = tasksync(cfg, "backfill")
+            proc = tasksync("--config", str(cfg), "backfill", cwd=tmp_path)
             while sim.query_requests < point and proc.poll() is None:
                 time.sleep(0.002)
             proc.send_signal(signal.SIGKILL)
             proc.communicate(timeout=30)
             sim.arrive(15)  # tasks arrive while nothing runs
             arrived += 15
-        proc = tasksync(cfg, "backfill")
+        proc = tasksync("--config", str(cfg), "backfill", cwd=tmp_path)
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
     assert_archive_equals_truth(store, sim)
@@ -142,8 +129,10 @@ def test_sigterm_backfill_exits_0_interrupted_then_resumes(sqlite_url: str, tmp_
     store = migrated(sqlite_url)
     sim = Simulator(3_000)
     with SimulatorServer(sim) as server:
-        cfg = config_file(tmp_path, server.url, sqlite_url, max_requests_per_second=20)
-        proc = tasksync(cfg, "backfill")
+        cfg = write_config(
+            tmp_path / "tasksync.toml", sqlite_url, server.url, max_requests_per_second=20
+        )
+        proc = tasksync("--config", str(cfg), "backfill", cwd=tmp_path)
         while sim.query_requests < 5:
             time.sleep(0.01)
         t0 = time.monotonic()
@@ -152,7 +141,7 @@ def test_sigterm_backfill_exits_0_interrupted_then_resumes(sqlite_url: str, tmp_
         assert proc.returncode == 0 and time.monotonic() - t0 < 5, err
         run = last_run(store)
         assert run["outcome"] == "interrupted" and 0 < run["inserted"] < 3_000
-        proc = tasksync(cfg, "backfill")
+        proc = tasksync("--config", str(cfg), "backfill", cwd=tmp_path)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
     assert_archive_equals_truth(store, sim)
@@ -160,8 +149,6 @@ def test_sigterm_backfill_exits_0_interrupted_then_resumes(sqlite_url: str, tmp_
 
 def test_database_lost_mid_run_fails_cleanly(tmp_path: Path) -> None:
     """PostgreSQL connection killed mid-run: the run fails with one line, nothing half-written."""
-    from .conftest import fresh_database
-
     with fresh_database("postgresql", tmp_path) as url:
         store = migrated(url)
         sim = Simulator(2_000)

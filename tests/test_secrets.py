@@ -4,13 +4,11 @@ tracebacks, `config check`, `status`, the daemon's log and every table of the ar
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -19,9 +17,8 @@ from sqlalchemy import inspect, text
 from sync.simulator import Reply, Simulator, SimulatorServer
 from sync.store import Store
 
-from .conftest import fresh_database
+from .helpers import Run, fresh_database, tasksync, write_config
 
-ROOT = Path(__file__).parent.parent
 CANARY = "CANARY7f3a9Zq"
 
 COMMANDS = [
@@ -37,26 +34,14 @@ COMMANDS = [
     ["query", "SELECT * FROM sync_runs"],
 ]
 FLAGS = [[], ["-v"], ["-vv"], ["--log-format", "json"], ["-v", "--log-format", "json"]]
-
-
-def tasksync(cfg: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sync", "--config", str(cfg), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-        cwd=cfg.parent,
-        timeout=120,
-    )
-
-
-def write_config(path: Path, base_url: str, db: str, token_line: str, extra: str = "") -> Path:
-    path.write_text(
-        f'[database]\nurl = "{db}"\n\n[[sources]]\nname = "main"\nbase_url = """{base_url}"""\n'
-        f"{token_line}\nmax_requests_per_second = 500\nretry_attempts = 3\nretry_budget_s = 0.5\n"
-        f'timeout_s = 5\n\n[schedule]\nevery = "1s"\nsweep_every = "2s"\n{extra}'
-    )
-    return path
+# Every config here: quick retries, and a daemon that syncs every second and sweeps every two.
+LIMITS: dict[str, Any] = {
+    "max_requests_per_second": 500,
+    "retry_attempts": 3,
+    "retry_budget_s": 0.5,
+    "timeout_s": 5,
+}
+SCHEDULE = {"every": "1s", "sweep_every": "2s"}
 
 
 def dump_tables(url: str) -> str:
@@ -101,34 +86,44 @@ def test_canary_token_echoed_by_the_server_appears_nowhere(tmp_path: Path) -> No
         sim.handle = echoing(sim, every)  # type: ignore[method-assign]
         outputs: list[str] = []
         with SimulatorServer(sim) as server:
-            cfg = write_config(tmp_path / "t.toml", server.url, db, 'token_env = "MJ_CANARY"')
+            cfg = write_config(
+                tmp_path / "t.toml",
+                db,
+                server.url,
+                schedule=SCHEDULE,
+                token_env="MJ_CANARY",
+                **LIMITS,
+            )
             env = {"MJ_CANARY": CANARY}
             for n, args in enumerate(COMMANDS):  # each command with one of the flag sets
                 flags = FLAGS[n % len(FLAGS)]
-                proc = tasksync(cfg, *flags, *args, env=env)
-                outputs.append(proc.stdout + proc.stderr)
-                assert proc.returncode == 0, (args, flags, proc.stderr[-500:])
+                proc = tasksync("--config", str(cfg), *flags, *args, cwd=tmp_path, env=env)
+                out, err = proc.communicate(timeout=120)
+                outputs.append(out + err)
+                assert proc.returncode == 0, (args, flags, err[-500:])
             log = tmp_path / "daemon.log"
-            with log.open("w") as out:
-                daemon = subprocess.Popen(
-                    [sys.executable, "-m", "sync", "--config", str(cfg), "-vv", "run"],
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-                    cwd=tmp_path,
-                )
+            daemon = tasksync("--config", str(cfg), "-vv", "run", cwd=tmp_path, env=env, log=log)
             time.sleep(4)
             daemon.send_signal(signal.SIGTERM)
             assert daemon.wait(timeout=30) == 0
             outputs.append(log.read_text())
             every[0] = 1  # now every request is refused: the run fails quoting the server
             for flags in FLAGS:
-                refused = tasksync(cfg, *flags, "sync", env=env)
-                assert refused.returncode == 1 and "throttled" in refused.stderr
-                outputs.append(refused.stdout + refused.stderr)
-            wrong = tasksync(cfg, "-v", "backfill", env={"MJ_CANARY": "wrong-" + CANARY})
-            assert wrong.returncode == 2 and "refused the token" in wrong.stderr
-            outputs.append(wrong.stdout + wrong.stderr)
+                refused = tasksync("--config", str(cfg), *flags, "sync", cwd=tmp_path, env=env)
+                out, err = refused.communicate(timeout=120)
+                assert refused.returncode == 1 and "throttled" in err
+                outputs.append(out + err)
+            wrong = tasksync(
+                "--config",
+                str(cfg),
+                "-v",
+                "backfill",
+                cwd=tmp_path,
+                env={"MJ_CANARY": "wrong-" + CANARY},
+            )
+            out, err = wrong.communicate(timeout=120)
+            assert wrong.returncode == 2 and "refused the token" in err
+            outputs.append(out + err)
         blob = "\n".join(outputs)
         assert "throttled" in blob and "***" in blob  # the echo happened, and was scrubbed
         assert "\x1b" not in blob
@@ -143,50 +138,37 @@ def test_canary_token_echoed_by_the_server_appears_nowhere(tmp_path: Path) -> No
     ["token-file-two-lines", "token-file-second-line", "base-url-userinfo", "base-url-query"],
 )
 def test_canary_in_a_bad_place_is_refused_without_being_shown(
-    tmp_path: Path, where: str, run_cli: Callable[..., tuple[int, str, str]]
+    tmp_path: Path, where: str, run: Run
 ) -> None:
     """The token in a two-line token file or in the base URL: every command stops with exit 2
     naming the file or key, and the canary is in no output, log format or verbosity."""
-    token_line, base = 'token_env = "UNUSED"', "http://127.0.0.1:9"
+    token: dict[str, Any] = {"token_env": "UNUSED"}
+    base = "http://127.0.0.1:9"
     secret_file = tmp_path / "token"
     if where == "token-file-two-lines":
         secret_file.write_text(f"{CANARY}\n{CANARY}-again\n")
-        token_line = f'token_file = "{secret_file}"'
+        token = {"token_file": secret_file}
     elif where == "token-file-second-line":
         secret_file.write_text(f"first\n{CANARY}\n")
-        token_line = f'token_file = "{secret_file}"'
+        token = {"token_file": secret_file}
     elif where == "base-url-userinfo":
         base = f"http://admin:{CANARY}@127.0.0.1:9"
     else:
         base = f"http://127.0.0.1:9/?key={CANARY}"
-    cfg = write_config(tmp_path / "t.toml", base, f"sqlite:///{tmp_path}/a.db", token_line)
+    cfg = write_config(
+        tmp_path / "t.toml",
+        f"sqlite:///{tmp_path}/a.db",
+        base,
+        schedule=SCHEDULE,
+        **token,
+        **LIMITS,
+    )
     seen: list[str] = []
     for args in [*COMMANDS, ["run"]]:
         for flags in FLAGS:
-            code, out, err = run_cli("--config", str(cfg), *flags, *args)
+            code, out, err = run("--config", str(cfg), *flags, *args)
             seen.append(out + err)
             assert code == 2, (args, flags, err)
     blob = "\n".join(seen)
     assert CANARY not in blob
     assert ("token_file" if "token" in where else "base_url") in blob
-
-
-@pytest.fixture
-def run_cli(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> Callable[..., tuple[int, str, str]]:
-    """`tasksync ARGS` in-process: (exit code, stdout, stderr)."""
-    from sync.cli import main
-
-    monkeypatch.chdir(tmp_path)
-
-    def go(*args: str) -> tuple[int, str, str]:
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return go

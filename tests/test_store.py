@@ -12,11 +12,11 @@ from sqlalchemy import update
 from sync import readonly
 from sync.errors import DatabaseError, LockHeld, QueryRefused
 from sync.models import Lease, Task, TaskEvent
-from sync.records import Rejected, fingerprint, normalize
+from sync.records import Rejected, fingerprint
 from sync.runs import SaveResult
 from sync.store import ResumePoint, Store
 
-from .helpers import archive, count, events
+from .helpers import archive, count, events, fresh_database, migrated, normalize
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -289,8 +289,6 @@ def test_fallback_after_a_refused_batch_checks_lock_and_dry_run(
 def test_mariadb_writer_locks_are_per_database(tmp_path: Any) -> None:
     """Two archives in different databases of one MariaDB server lock a source of the same
     name independently (GET_LOCK names are server-wide)."""
-    from .conftest import fresh_database, migrated
-
     with fresh_database("mariadb", tmp_path) as a, fresh_database("mariadb", tmp_path) as b:
         one, two = migrated(a), migrated(b)
         with one.lock("main"), two.lock("main"):
@@ -308,8 +306,7 @@ def test_sweep_compares_ids_as_stored(store: Store) -> None:
     from sync.client import Client
     from sync.simulator import Simulator
 
-    from .conftest import source_for
-    from .helpers import sim_transport
+    from .helpers import sim_transport, source_for
 
     sim = Simulator(50, seed=2)
     sim.overrides[10] = dict(sim.task(10), id="bad\x00id")

@@ -15,8 +15,15 @@ from sync.models import SyncRun, Task, TaskEvent
 from sync.simulator import Simulator
 from sync.store import Store
 
-from .conftest import source_for
-from .helpers import archive, assert_archive_equals_truth, count, events, sim_transport
+from .helpers import (
+    archive,
+    assert_archive_equals_truth,
+    count,
+    events,
+    request_bound,
+    sim_transport,
+    source_for,
+)
 
 
 class Clock:
@@ -65,7 +72,7 @@ def test_incremental_request_bound(
     report = pipeline.incremental(sqlite_store, client, src)
     u = len(sqlite_store.unfinished_ids("main"))
     assert report.requests == sim.requests - before
-    assert report.requests <= pipeline.request_bound(new, max(u, unfinished), 100)
+    assert report.requests <= request_bound(new, max(u, unfinished), 100)
     assert_archive_equals_truth(sqlite_store, sim)
 
 
@@ -201,7 +208,7 @@ def test_vanished_unfinished_tasks_back_off_and_the_bound_holds(sqlite_store: St
     assert sync() == 1 + 11  # the head page, then 1,001 unfinished ids in 11 batches
     assert count(sqlite_store, Recheck) == 1_000
     for _ in range(5):  # inside the first backoff: only the head and the moving task
-        assert sync() == 2 <= pipeline.request_bound(0, 1, 100)
+        assert sync() == 2 <= request_bound(0, 1, 100)
         clock.now += timedelta(seconds=5)
     clock.now += timedelta(seconds=40)
     assert sync() == 1 + 11  # 1 min after the miss: asked once more

@@ -9,28 +9,7 @@ from sync.client import ServerPage, parse_page
 from sync.simulator import Simulator
 from sync.walk import Cursor, WalkStats, id_key, walk
 
-OPS = st.lists(
-    st.tuples(
-        st.sampled_from(["arrive", "remove", "expire", "advance", "none"]),
-        st.integers(1, 12),
-        st.integers(0, 10**6),
-    ),
-    max_size=60,
-)
-
-
-def apply(sim: Simulator, op: tuple[str, int, int]) -> None:
-    kind, n, pick = op
-    if kind == "arrive":
-        sim.arrive(n)
-    elif kind == "expire":
-        sim.expire(min(n, 3))
-    elif kind == "remove" and sim.alive:
-        for k in range(min(n, 4)):
-            if sim.alive:
-                sim.remove(sim.alive[(pick + k * 7919) % len(sim.alive)])
-    elif kind == "advance" and sim.alive:
-        sim.advance(sim.alive[pick % len(sim.alive)])
+from .helpers import OPS, apply
 
 
 def fetcher(sim: Simulator, size: int) -> object:
