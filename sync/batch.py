@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from sync.records import Fingerprint, Record, Rejected, build, fingerprint
+from sync.records import MJ, Fingerprint, Record, Rejected, Shape, build, fingerprint
 
 
 class Built(NamedTuple):
@@ -33,6 +33,7 @@ class Prepared:
     now: datetime
     records: dict[str, Fingerprint]
     rejected: int
+    shape: Shape = MJ
     built: dict[str, Built | Rejected] = field(default_factory=dict)
     rejects: list[Rejected] = field(default_factory=list)  # logged when the batch is saved
 
@@ -78,9 +79,9 @@ class Binder:
         }
         return p if self.pick is None else self.pick(p)
 
-    def built(self, source: str, fp: Fingerprint, at: Any) -> Built | Rejected:
+    def built(self, source: str, fp: Fingerprint, at: Any, shape: Shape = MJ) -> Built | Rejected:
         try:
-            rec = build(source, fp)
+            rec = build(source, fp, shape)
             if isinstance(rec, Rejected):
                 return rec
             return Built(rec.row["status"], rec.row["progress"], self.params(rec, at))
@@ -95,6 +96,7 @@ def prepare(
     now: datetime,
     *,
     build_rows: bool = False,
+    shape: Shape = MJ,
 ) -> Prepared:
     """Fingerprint raw task objects; with `build_rows`, also build their bind parameters ahead
     of time, worth it when most tasks are expected to be new."""
@@ -102,16 +104,16 @@ def prepare(
     rejects: list[Rejected] = []
     for obj in tasks:
         try:
-            fp = fingerprint(obj)
+            fp = fingerprint(obj, shape)
         except Exception as exc:  # one odd task is rejected alone, never the whole run
             fp = Rejected(None, f"cannot be read: {type(exc).__name__}")
         if isinstance(fp, Rejected):
             rejects.append(fp)
             continue
         records[fp.id] = fp  # the same id twice in one batch: the later copy wins
-    batch = Prepared(source, now, records, len(rejects), rejects=rejects)
+    batch = Prepared(source, now, records, len(rejects), shape, rejects=rejects)
     if build_rows:
         at = binder.ts(now)
         for tid, fp in records.items():
-            batch.built[tid] = binder.built(source, fp, at)
+            batch.built[tid] = binder.built(source, fp, at, shape)
     return batch

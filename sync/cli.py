@@ -208,6 +208,27 @@ def db_grant_reader(
         click.echo(f"-- done: {name} can read the archive; set [query] url to log in as it")
 
 
+@db.command("rederive")
+@pass_app
+def db_rederive(app: App) -> None:
+    """Recompute every task's columns from its stored JSON (after a fix to derivation)."""
+    from sync.families import named
+    from sync.records import MJ, SHAPES
+
+    store = app.store()
+    shapes = {}
+    for src in app.settings.sources:
+        family = named(src.api if src.api != "auto" else store.remembered_api(src.name) or "plus")
+        shapes[src.name] = SHAPES[family.shape] if family is not None else MJ
+
+    def say(checked: int, updated: int) -> None:
+        if checked % 50_000 < 1000:
+            log.info("rederive: %d tasks checked, %d updated", checked, updated)
+
+    checked, updated = store.rederive(shapes, progress=say)
+    click.echo(f"{checked} tasks checked, {updated} updated from their stored JSON")
+
+
 @db.command("check")
 @pass_app
 def db_check(app: App) -> None:
@@ -226,13 +247,24 @@ def db_check(app: App) -> None:
 @cli.command()
 @click.option("--source", "name", help="Only this source (default: all).")
 @click.option("--restart", is_flag=True, help="Ignore the checkpoint and walk from the top.")
+@click.option(
+    "--ids-from",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="api = ids: a file of task ids (one a line) to fetch.",
+)
 @pass_app
-def backfill(app: App, name: str | None, restart: bool) -> None:
+def backfill(app: App, name: str | None, restart: bool, ids_from: Path | None) -> None:
     """Walk everything the server lists into the archive (resumable)."""
     from sync import pipeline
 
+    ids = pipeline.read_ids_file(ids_from) if ids_from else []
     app.run_sources(
-        name, pipeline.backfill, progress="backfill", restart=restart, fetch_process=True
+        name,
+        pipeline.backfill,
+        progress="backfill",
+        restart=restart,
+        fetch_process=True,
+        ids=ids,
     )
 
 
@@ -245,8 +277,20 @@ def backfill(app: App, name: str | None, restart: bool) -> None:
     is_flag=True,
     help="Let a sweep mark more than mass_gone_share of the archive gone.",
 )
+@click.option(
+    "--ids-from",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="api = ids: a file of task ids (one a line) to refresh.",
+)
 @pass_app
-def sync_cmd(app: App, name: str | None, sweep: bool, dry_run: bool, allow_mass_gone: bool) -> None:
+def sync_cmd(
+    app: App,
+    name: str | None,
+    sweep: bool,
+    dry_run: bool,
+    allow_mass_gone: bool,
+    ids_from: Path | None,
+) -> None:
     """One incremental sync (new tasks + unfinished re-checks), or a sweep with --sweep."""
     from sync import pipeline
 
@@ -259,7 +303,8 @@ def sync_cmd(app: App, name: str | None, sweep: bool, dry_run: bool, allow_mass_
             fetch_process=True,
         )
     else:
-        app.run_sources(name, pipeline.incremental, dry_run=dry_run)
+        ids = pipeline.read_ids_file(ids_from) if ids_from else []
+        app.run_sources(name, pipeline.incremental, dry_run=dry_run, ids=ids)
 
 
 @cli.command()
@@ -328,11 +373,26 @@ def config_group() -> None:
 @pass_app
 def config_check(app: App) -> None:
     """Validate the config and print the effective settings, secrets redacted."""
+    from sync.families import describe, detect
+
     settings = app.settings
     click.echo(f"# config: {settings.path or '(none: defaults and environment)'}")
     click.echo(json.dumps(effective_view(settings), indent=2, ensure_ascii=False))
     for src in settings.sources:
         src.token()  # a missing secret is a config error, said now rather than at 3 a.m.
+    for src in settings.sources:
+        if src.api != "auto":
+            continue
+        # One quick, read-only try per probe: this is a check, not a run.
+        quick = src.model_copy(update={"retry_attempts": 1, "timeout_s": min(src.timeout_s, 5)})
+        from sync.client import connect
+
+        with connect(quick) as client:
+            try:
+                found, evidence = detect(client)
+                click.echo(f"# source {src.name}: api = auto finds {describe(found)} ({evidence})")
+            except TasksyncError as exc:
+                click.echo(f"# source {src.name}: api = auto could not tell: {exc}")
 
 
 @cli.command()
@@ -351,6 +411,13 @@ def config_check(app: App) -> None:
     help="e.g. '429=0.1,5xx=0.05,truncate=0.02,slow=0.02,drop=0.01,refuse=0.01'.",
 )
 @click.option("--nested", is_flag=True, help="Answer with the nested Spring page shape.")
+@click.option(
+    "--api",
+    type=click.Choice(["plus", "trueai", "novicezk", "newapi", "ids"]),
+    default="plus",
+    show_default=True,
+    help="Which server family to play.",
+)
 def simulate(
     port: int,
     host: str,
@@ -362,6 +429,7 @@ def simulate(
     expiries: float,
     faults: str,
     nested: bool,
+    api: str,
 ) -> None:
     """Run the built-in simulator alone, to point a config at."""
     from sync.simulator import Faults, Simulator, SimulatorServer
@@ -384,12 +452,15 @@ def simulate(
         expiries_per_request=expiries,
         faults=plan,
         nested=nested,
+        api=api,
     )
     try:
         server = SimulatorServer(sim, host, port).start()
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    click.echo(f"simulator serving {tasks} tasks at {server.url} (Ctrl-C to stop)", err=True)
+    click.echo(
+        f"simulator ({api}) serving {tasks} tasks at {server.url} (Ctrl-C to stop)", err=True
+    )
     with stop_on_signals() as stop:
         while not stop.wait(0.5):
             pass
@@ -405,11 +476,18 @@ def simulate(
     help="The SQLite file the demo (re)creates.",
 )
 @click.option("--tasks", type=int, default=5000, show_default=True)
-def demo(db_path: str, tasks: int) -> None:
+@click.option(
+    "--api",
+    type=click.Choice(["plus", "trueai", "novicezk", "newapi", "ids"]),
+    default="plus",
+    show_default=True,
+    help="Which server family the simulator plays (the demo's config says api = auto).",
+)
+def demo(db_path: str, tasks: int, api: str) -> None:
     """Offline demo: simulator → SQLite backfill → incremental sync → history answers."""
     from sync.demo import run_demo
 
-    run_demo(Path(db_path), tasks)
+    run_demo(Path(db_path), tasks, api)
 
 
 def main(argv: list[str] | None = None) -> None:

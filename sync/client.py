@@ -1,22 +1,24 @@
-"""The only door to the network: the plus API (`POST /mj/task/query`, `list-by-condition`),
-with auth, a deadline per request, a byte cap per reply (`sync.transport`), retries (stamina),
-a per-source rate limit and strict response checks.
+"""The only door to the network: one source's HTTP client, with auth, a deadline per request,
+a byte cap per reply (`sync.transport`), retries (stamina), a per-source rate limit and strict
+response checks. Which endpoints hold the task list, and how their replies read, is the
+source's family adapter (`sync.families`), which makes its requests through this client.
 
-It returns parsed task objects (dicts, as the server sent them) inside `ServerPage`s; it never hands
-out raw HTTP responses, never puts the token in a message, and shows what the server says only
-through `Client.say` (one printable line, the token scrubbed).
+It returns parsed task objects (dicts, as the server sent them) inside `ServerPage`s; it never
+hands out raw HTTP responses, never puts the token in a message, and shows what the server
+says only through `Client.say` (one printable line, the token scrubbed).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import email.utils
 import json
 import logging
 import ssl
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +28,7 @@ import stamina
 
 if TYPE_CHECKING:  # the fetch process runs this module without loading pydantic
     from sync.config import SourceSettings
+    from sync.families import Family
 
 from sync.errors import (
     AuthRefused,
@@ -35,30 +38,31 @@ from sync.errors import (
     ServerError,
     ServerRefused,
     ServerUnreachable,
+    TasksyncError,
     printable,
 )
-from sync.records import task_id
+from sync.records import MJ, SHAPES, Shape, task_id
 from sync.transport import (
     ACCEPT_ENCODING,
     BadEncoding,
     Deadline,
     DeadlineTransport,
     TooLarge,
+    iter_decoded,
     read_capped,
 )
 
 log = logging.getLogger("tasksync.client")
 
-QUERY_PATH = "/mj/task/query"
-BY_IDS_PATH = "/mj/task/list-by-condition"
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 BY_IDS_MAX = 100
 
 
 @dataclass(frozen=True, slots=True)
 class ServerPage:
-    """One page of the task list as the server sent it, newest first (`body`: the reply's
-    bytes, when asked for)."""
+    """One page of the task list as the server sent it, newest first. `keys` orders the walk
+    (the task ids, unless the family orders by something else, such as new-api's row ids);
+    `body` is the reply's bytes, when asked for."""
 
     number: int
     size: int
@@ -66,11 +70,18 @@ class ServerPage:
     total: int | None
     last: bool
     body: bytes | None = None
+    shape: str = MJ.name
+    walk_keys: list[str] | None = field(default=None, compare=False)
 
     @property
     def ids(self) -> list[str]:
         """The ids on the page, as the archive stores them."""
-        return [tid for tid in map(task_id, self.tasks) if tid is not None]
+        shape = SHAPES[self.shape]
+        return [tid for tid in (task_id(t, shape) for t in self.tasks) if tid is not None]
+
+    @property
+    def keys(self) -> list[str]:
+        return self.walk_keys if self.walk_keys is not None else self.ids
 
 
 class _Transient(ServerError):
@@ -118,7 +129,7 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
 
 
 class Client:
-    """A plus-API client for one source."""
+    """One source's HTTP client; `family` (an adapter from `sync.families`) knows its API."""
 
     def __init__(
         self,
@@ -128,8 +139,12 @@ class Client:
         transport: httpx.BaseTransport | None = None,
         wait_initial: float = 0.5,
         wait_max: float = 30.0,
+        family: Family | None = None,
     ) -> None:
+        from sync.families import named
+
         self.source = source
+        self.token = token
         # What a fetch process needs to open the same client (none with a custom transport).
         self._reopen = None if transport is not None else (token, wait_initial, wait_max)
         self.base = source.base_url.rstrip("/")
@@ -140,11 +155,6 @@ class Client:
             "Accept-Encoding": ACCEPT_ENCODING,
             "User-Agent": "tasksync",
         }
-        if token:
-            if source.auth_header == "Authorization":
-                headers["Authorization"] = f"Bearer {token}"
-            else:
-                headers["mj-api-secret"] = token
         verify: ssl.SSLContext | bool = True
         if source.ca_bundle is not None:
             try:
@@ -169,14 +179,27 @@ class Client:
         self.requests = 0
         self.retries = 0
         self._count_lock = threading.Lock()
+        self.family = family if family is not None else named(source.api)
 
     @property
     def spawn_args(self) -> tuple[Any, ...] | None:
-        """What a fetch process needs to open the same client: plain settings (none with a
-        custom transport, which cannot cross a process boundary)."""
-        if self._reopen is None:
+        """What a fetch process needs to open the same client: plain settings and the family
+        with what it learned (none with a custom transport, which cannot cross a process
+        boundary)."""
+        if self._reopen is None or self.family is None:
             return None
-        return (self.source.model_dump(), *self._reopen)
+        return (self.source.model_dump(), *self._reopen, self.family.name, self.family.state())
+
+    @property
+    def shape(self) -> Shape:
+        """Where this source's task objects keep the archive's fields."""
+        return SHAPES[self.family.shape] if self.family is not None else MJ
+
+    def api(self) -> Family:
+        """The source's family adapter (set from `api`, or by detection for `auto`)."""
+        if self.family is None:
+            raise TasksyncError(f"source {self.source.name}: its server family is not known yet")
+        return self.family
 
     def close(self) -> None:
         self.http.close()
@@ -195,17 +218,42 @@ class Client:
             s = s.replace(secret, "***")
         return printable(s, limit)
 
+    # ---- the task list, as the source's family serves it -------------------------------------
+    def query_page(self, number: int, size: int, *, keep_body: bool = False) -> ServerPage:
+        """Page `number` (counted from 0 whatever the family's own base) of the task list,
+        newest first; with `keep_body`, the reply's bytes ride along in `page.body`."""
+        return self.api().page(self, number, size, keep_body)
+
+    def list_by_ids(self, ids: list[str]) -> list[Any]:
+        """The tasks with these ids (at most 100) that the server still has."""
+        if len(ids) > BY_IDS_MAX:
+            raise ValueError("at most 100 ids per request")
+        return self.api().by_ids(self, ids)
+
+    def whole_list(self) -> Iterator[list[Any]]:
+        """The whole task list in batches, for a family that serves it as one stream."""
+        return self.api().whole(self)
+
     # ---- one request, retried ---------------------------------------------------------------
-    def _post(self, path: str, body: dict[str, Any]) -> tuple[Any, bytes]:
-        """The parsed JSON reply, and its bytes. Each attempt has `timeout_s` for the whole
-        request (connect, send, every byte of the reply); retries stop once `retry_budget_s`
-        is spent, so one request takes at most timeout_s + retry_budget_s."""
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: dict[str, Any] | None = None,
+        probe: bool = False,
+    ) -> tuple[Any, bytes]:
+        """One request and its parsed JSON reply (and the reply's bytes). Each attempt has
+        `timeout_s` for the whole request (connect, send, every byte of the reply); retries
+        stop once `retry_budget_s` is spent, so one request takes at most timeout_s +
+        retry_budget_s. With `probe`, one attempt, and a reply that is not JSON is final."""
         url = self.base + path
         src = self.source
         give_up = time.monotonic() + src.timeout_s + src.retry_budget_s
 
         def backoff(exc: Exception) -> bool | float:
-            if not isinstance(exc, _Transient):
+            if not isinstance(exc, _Transient) or probe:
                 return False
             if exc.retry_after is not None:
                 return min(exc.retry_after, src.retry_budget_s)
@@ -215,7 +263,7 @@ class Client:
         try:
             for attempt in stamina.retry_context(
                 on=backoff,
-                attempts=src.retry_attempts,
+                attempts=1 if probe else src.retry_attempts,
                 timeout=src.retry_budget_s,
                 wait_initial=self.wait_initial,
                 wait_max=self.wait_max,
@@ -227,89 +275,143 @@ class Client:
                         with self._count_lock:
                             self.retries += 1
                     try:
-                        return self._post_once(url, body, give_up)
+                        return self._once(method, url, body, params, give_up)
                     except _Transient as exc:
                         last = exc
                         raise
         except _Transient as exc:
-            raise exc.final(f"{exc} (gave up after retries)") from None
+            raise exc.final(f"{exc}{'' if probe else ' (gave up after retries)'}") from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _post_once(self, url: str, body: dict[str, Any], give_up: float) -> tuple[Any, bytes]:
-        name = self.source.name
+    def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        from sync.families import auth_headers
+
+        headers = auth_headers(self.family, self.token, self.source)
+        if extra:
+            headers.update(extra)
+        return headers
+
+    def _once(
+        self, method: str, url: str, body: Any, params: dict[str, Any] | None, give_up: float
+    ) -> tuple[Any, bytes]:
         self.limiter.wait()
         with self._count_lock:
             self.requests += 1
         left = max(0.001, min(self.source.timeout_s, give_up - time.monotonic()))
         self.deadline.at = time.monotonic() + left
+        where = f"source {self.source.name}: {method} {url}"
+        extra = {"Content-Type": "application/json"} if body is not None else None
         try:
             with self.http.stream(
-                "POST",
+                method,
                 url,
-                content=orjson.dumps(body),
-                headers={"Content-Type": "application/json"},
+                content=None if body is None else orjson.dumps(body),
+                params=params,
+                headers=self._headers(extra),
                 timeout=httpx.Timeout(left, connect=min(10.0, left)),
             ) as resp:
-                status, content = self._check_status(resp, url), b""
+                status, content = self._check_status(resp, where), b""
                 if status == 200:
                     content = read_capped(resp, self.max_bytes, self.deadline)
-        except httpx.TimeoutException:
-            raise _Transient(
-                f"source {name}: POST {url}: timed out (timeout_s = {self.source.timeout_s:g} "
-                "for the whole request)",
-                ServerUnreachable,
-            ) from None
-        except httpx.LocalProtocolError as exc:
-            # The request itself could not be sent; its text may quote a header: not shown.
-            raise ServerUnreachable(
-                f"source {name}: POST {url}: the request could not be sent ({type(exc).__name__})"
-            ) from None
-        except (httpx.TransportError, OSError) as exc:
-            raise _Transient(
-                f"source {name}: POST {url}: server unreachable ({self.say(exc, 200)})",
-                ServerUnreachable,
-            ) from None
-        except TooLarge:
-            raise BadResponse(
-                f"source {name}: POST {url}: the reply is larger than max_response_mb "
-                f"({self.source.max_response_mb:g} MB); nothing of it was used"
-            ) from None
-        except BadEncoding as exc:
-            raise _Transient(f"source {name}: POST {url}: {self.say(exc)}", BadResponse) from None
+        except (httpx.HTTPError, OSError, TooLarge, BadEncoding) as exc:
+            raise self._failure(exc, where) from None
         finally:
             self.deadline.at = None
-        return self._parse(content, resp, url)
+        return self._parse(content, resp, where)
 
-    def _check_status(self, resp: httpx.Response, url: str) -> int:
-        """Raise for anything but 200; the reply's body is read only for a 200."""
-        name = self.source.name
+    def _failure(self, exc: Exception, where: str) -> Exception:
+        """A transport-level failure as a tasksync error (transient ones retried)."""
+        if isinstance(exc, httpx.TimeoutException):
+            return _Transient(
+                f"{where}: timed out (timeout_s = {self.source.timeout_s:g} for the whole request)",
+                ServerUnreachable,
+            )
+        if isinstance(exc, httpx.LocalProtocolError):
+            # The request itself could not be sent; its text may quote a header: not shown.
+            return ServerUnreachable(
+                f"{where}: the request could not be sent ({type(exc).__name__})"
+            )
+        if isinstance(exc, TooLarge):
+            return BadResponse(
+                f"{where}: the reply is larger than max_response_mb "
+                f"({self.source.max_response_mb:g} MB); nothing of it was used"
+            )
+        if isinstance(exc, BadEncoding):
+            return _Transient(f"{where}: {self.say(exc)}", BadResponse)
+        return _Transient(f"{where}: server unreachable ({self.say(exc, 200)})", ServerUnreachable)
+
+    @contextlib.contextmanager
+    def stream(self, path: str) -> Iterator[Iterator[bytes]]:
+        """A GET whose reply is read as it comes (a whole task list): the decoded bytes in
+        chunks. Opening it is retried like any request; each chunk must come within
+        `timeout_s` (the reply as a whole may take longer), and the family bounds what it
+        holds (each task object within max_response_mb)."""
+        url = self.base + path
+        where = f"source {self.source.name}: GET {url}"
+        src = self.source
+        for attempt in stamina.retry_context(
+            on=lambda exc: isinstance(exc, _Transient),
+            attempts=src.retry_attempts,
+            timeout=src.retry_budget_s,
+            wait_initial=self.wait_initial,
+            wait_max=self.wait_max,
+        ):
+            with attempt:
+                if attempt.num > 1:
+                    with self._count_lock:
+                        self.retries += 1
+                self.limiter.wait()
+                with self._count_lock:
+                    self.requests += 1
+                self.deadline.at = time.monotonic() + src.timeout_s
+                try:
+                    with self.http.stream("GET", url, headers=self._headers()) as resp:
+                        self._check_status(resp, where)
+                        yield iter_decoded(resp, self.deadline, src.timeout_s)
+                        return
+                except _Transient:
+                    raise
+                except (httpx.HTTPError, OSError, BadEncoding) as exc:
+                    failure = self._failure(exc, where)
+                    if isinstance(failure, _Transient):
+                        raise failure.final(str(failure)) from None
+                    raise failure from None
+                finally:
+                    self.deadline.at = None
+
+    def _check_status(self, resp: httpx.Response, where: str) -> int:
+        """Raise for anything but 200; the reply's body is read only for a 200 (and a short
+        look at a 401/403, which often says why)."""
         status = resp.status_code
         ctype = self.say(resp.headers.get("content-type", "").split(";")[0].strip(), 80)
         ctype = ctype or "no content type"
         if status in (401, 403):
+            why = ""
+            with contextlib.suppress(Exception):
+                text = read_capped(resp, 2048, self.deadline).decode("utf-8", "replace")
+                if text.strip() and not text.lstrip().startswith("<"):
+                    why = f": {self.say(text, 120)}"
             raise AuthRefused(
-                f"source {name}: POST {url} returned {status}: the server refused the token "
-                f"(check {self.source.token_env or self.source.token_file or 'the token'} and "
+                f"{where} returned {status}{why}: the server refused the token (check "
+                f"{self.source.token_env or self.source.token_file or 'the token'} and "
                 f"auth_header = {self.source.auth_header!r})"
             )
         if status in RETRY_STATUSES:
             raise _Transient(
-                f"source {name}: POST {url} returned {status} ({ctype})",
+                f"{where} returned {status} ({ctype})",
                 ServerError,
                 parse_retry_after(resp.headers.get("retry-after")),
             )
         if status != 200:
-            raise HTTPStatusError(f"source {name}: POST {url} returned {status} ({ctype})", status)
+            raise HTTPStatusError(f"{where} returned {status} ({ctype})", status)
         return status
 
-    def _parse(self, content: bytes, resp: httpx.Response, url: str) -> tuple[Any, bytes]:
-        name = self.source.name
+    def _parse(self, content: bytes, resp: httpx.Response, where: str) -> tuple[Any, bytes]:
         ctype = self.say(resp.headers.get("content-type", "").split(";")[0].strip(), 80)
         ctype = ctype or "no content type"
         if not content.strip():
             raise _Transient(
-                f"source {name}: POST {url} returned 200 {ctype} with an empty body, not JSON",
-                BadResponse,
+                f"{where} returned 200 {ctype} with an empty body, not JSON", BadResponse
             )
         try:
             data = loads(content)
@@ -317,43 +419,16 @@ class Client:
             looks_html = content.lstrip()[:1] == b"<"
             hint = " (an HTML page: a proxy in the way, or a wrong base_url?)" if looks_html else ""
             what = "not JSON" if looks_html or "json" not in ctype else "truncated or invalid JSON"
-            raise _Transient(
-                f"source {name}: POST {url} returned 200 {ctype}, {what}{hint}", BadResponse
-            ) from None
+            raise _Transient(f"{where} returned 200 {ctype}, {what}{hint}", BadResponse) from None
         if isinstance(data, dict) and data.get("success") is False:
             # A business error (trueai, relays): retried like a 5xx, then shown as said.
             msg = data.get("message") or data.get("description") or "no message"
             raise _Transient(
-                f"source {name}: POST {url}: the server said success=false "
-                f"(code {self.say(data.get('code'), 40)}): {self.say(msg)}",
+                f"{where}: the server said success=false (code {self.say(data.get('code'), 40)}): "
+                f"{self.say(msg)}",
                 ServerRefused,
             )
         return data, content
-
-    # ---- the API ----------------------------------------------------------------------------
-    def query_page(self, number: int, size: int, *, keep_body: bool = False) -> ServerPage:
-        """One page of `POST /mj/task/query`, sorted by id, newest first; with `keep_body`, the
-        reply's bytes ride along in `page.body` (cheaper to hand to another process than the
-        parsed tasks)."""
-        url = self.base + QUERY_PATH
-        data, body = self._post(
-            QUERY_PATH, {"pageNumber": number, "pageSize": size, "sort": "id,desc"}
-        )
-        page = parse_page(data, number, size, f"source {self.source.name}: POST {url}")
-        return dataclasses.replace(page, body=body) if keep_body else page
-
-    def list_by_ids(self, ids: list[str]) -> list[Any]:
-        """`POST /mj/task/list-by-condition` for at most 100 ids; unknown ids are left out."""
-        if len(ids) > BY_IDS_MAX:
-            raise ValueError("at most 100 ids per request")
-        url = self.base + BY_IDS_PATH
-        data, _body = self._post(BY_IDS_PATH, {"ids": ids})
-        if not isinstance(data, list):
-            raise BadResponse(
-                f"source {self.source.name}: POST {url}: expected a JSON array of tasks, "
-                f"got {type(data).__name__}"
-            )
-        return data
 
 
 def loads(content: bytes) -> Any:
@@ -377,34 +452,8 @@ def connect(src: SourceSettings) -> Client:
     return Client(src, token=src.token())
 
 
-def _int(value: Any) -> int | None:
+def count(value: Any) -> int | None:
     """A count from the server, or None when it is missing, not an integer or out of range."""
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT:
         return value
     return None
-
-
-def parse_page(data: Any, number: int, size: int, where: str) -> ServerPage:
-    """A Spring `Page` in the classic flat shape or the nested `{content, page{...}}` shape."""
-    if not isinstance(data, dict) or not isinstance(data.get("content"), list):
-        got = (
-            type(data).__name__
-            if not isinstance(data, dict)
-            else f"keys {printable(sorted(map(str, data))[:6], 120)}"
-        )
-        raise BadResponse(f"{where}: expected a Spring Page with a 'content' list, got {got}")
-    tasks: list[Any] = data["content"]
-    nested = data.get("page")
-    if isinstance(nested, dict):
-        total = _int(nested.get("totalElements"))
-        pages = _int(nested.get("totalPages"))
-        num = _int(nested.get("number"))
-        last = not tasks or (pages is not None and num is not None and num >= pages - 1)
-    else:
-        total = _int(data.get("totalElements"))
-        flag = data.get("last")
-        last = not tasks or flag is True
-        if not isinstance(flag, bool):
-            pages = _int(data.get("totalPages"))
-            last = last or (pages is not None and number >= pages - 1)
-    return ServerPage(number=number, size=size, tasks=tasks, total=total, last=bool(last))

@@ -127,7 +127,7 @@ def check_token(value: str, where: str) -> str:
 class SourceSettings(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     base_url: str
-    api: Literal["plus"] = "plus"
+    api: Literal["auto", "plus", "trueai", "novicezk", "newapi", "ids"] = "auto"
     token_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     token_file: Path | None = None
     auth_header: Literal["mj-api-secret", "Authorization"] = "mj-api-secret"
@@ -141,6 +141,9 @@ class SourceSettings(_Strict):
     ca_bundle: Path | None = None
     head_margin: int = _int(100, ge=1, le=1_000_000)
     mass_gone_share: float = _float(0.2, ge=0, le=1)
+    newapi_user: int | None = Field(default=None, strict=True, ge=1)
+    newapi_scope: Literal["self", "admin"] = "self"
+    ids_query: str | None = None
     sync: str | None = None
     sweep: str | None = None
 

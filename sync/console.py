@@ -78,7 +78,7 @@ def stop_on_signals() -> Iterator[threading.Event]:
 
 def log_run(report: RunReport) -> None:
     """One line per run, text or JSON (the fields go into the JSON record)."""
-    names = ("source", "kind", "outcome", *(c for c in COUNTERS if c != "tasks_seen"))
+    names = ("source", "kind", "outcome", "api", *(c for c in COUNTERS if c != "tasks_seen"))
     fields = {k: getattr(report, k) for k in names}
     fields["duration_s"] = round(report.duration_s, 2)
     if report.dry_run:

@@ -16,23 +16,31 @@ from sync.simulator import Simulator, SimulatorServer
 from sync.store import Store
 
 
-def run_demo(path: Path, tasks: int) -> None:
-    """Start the simulator, archive it into a fresh SQLite file, sync, show answers."""
+def run_demo(path: Path, tasks: int, api: str = "plus") -> None:
+    """Start the simulator (playing the `api` family), archive it into a fresh SQLite file
+    with `api = "auto"`, sync, show answers."""
     t0 = time.monotonic()
     for stale in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
         stale.unlink(missing_ok=True)
     # Spread the tasks over the last 30 days so the daily answers have several days.
-    sim = Simulator(tasks, seed=42, gap_ms=max(1000, 30 * 86_400_000 // max(tasks, 1)))
+    gap = max(1000, 30 * 86_400_000 // max(tasks, 1))
+    sim = Simulator(tasks, seed=42, gap_ms=gap, api=api)
     with SimulatorServer(sim) as server:
-        src = SourceSettings(name="demo", base_url=server.url, max_requests_per_second=1000)
+        src = SourceSettings(
+            name="demo", base_url=server.url, api="auto", max_requests_per_second=1000
+        )
+        # A relay has no list: the demo plays its user, who knows which ids it submitted.
+        ids = sim.listing() if api == "ids" else []
         store = Store(f"sqlite:///{path}")
         schema.upgrade(store)
         click.echo(f"simulator at {server.url} with {tasks} tasks; archive {path}")
         with connect(src) as client:
             with ProgressDisplay("backfill demo") as progress:
-                first = pipeline.backfill(store, client, src, progress=progress, fetch_process=True)
+                first = pipeline.backfill(
+                    store, client, src, progress=progress, fetch_process=True, ids=ids
+                )
             click.echo(
-                f"backfill: {first.inserted} tasks in {first.pages} pages, "
+                f"backfill ({first.api}): {first.inserted} tasks in {first.pages} pages, "
                 f"{first.requests} requests, {first.duration_s:.1f}s"
             )
             # The server moves on: new tasks arrive, unfinished ones progress.
@@ -43,7 +51,7 @@ def run_demo(path: Path, tasks: int) -> None:
                 for i in sim.unfinished()[:60]:
                     sim.advance(i)
                 sim.advance(watched)
-                again = pipeline.incremental(store, client, src)
+                again = pipeline.incremental(store, client, src, ids=new if ids else ())
                 click.echo(
                     f"sync: {again.inserted} new, {again.changed} changed, "
                     f"{again.requests} requests, {again.duration_s:.2f}s"

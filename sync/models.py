@@ -204,3 +204,15 @@ class Recheck(Base):
     misses: Mapped[int] = mapped_column(Integer)
     first_missed_at: Mapped[datetime]
     next_check_at: Mapped[datetime]
+
+
+class SourceApi(Base):
+    """For `api = "auto"`: the family probing found for a source, and what showed it;
+    forgotten (and probed again) when a reply stops fitting it."""
+
+    __tablename__ = "source_apis"
+
+    source: Mapped[str] = mapped_column(String(64), primary_key=True)
+    api: Mapped[str] = mapped_column(String(16))
+    evidence: Mapped[str] = mapped_column(String(255))
+    detected_at: Mapped[datetime]

@@ -47,8 +47,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 import stamina.instrumentation
 
 from sync.batch import Binder, Prepared, prepare
-from sync.client import Client, ServerPage, loads, parse_page
+from sync.client import Client, ServerPage, loads
 from sync.errors import TasksyncError
+from sync.families import named, tasks_of
 
 if TYPE_CHECKING:
     from sync.config import SourceSettings
@@ -70,6 +71,7 @@ class ReadPage:
     total: int | None
     last: bool
     ids: list[str]
+    keys: list[str]
     batch: Prepared
 
 
@@ -108,7 +110,7 @@ class ThreadReader:
     def read(self, n: int) -> ReadPage:
         """Page n fetched and prepared here, now."""
         page = self.fetch_one(n)
-        return ReadPage(page.number, page.total, page.last, page.ids, self.prepare(page))
+        return ReadPage(page.number, page.total, page.last, page.ids, page.keys, self.prepare(page))
 
     def _run(
         self, start: int, halt: threading.Event, out: queue.Queue[Any], slots: threading.Semaphore
@@ -124,7 +126,7 @@ class ThreadReader:
                 out.put((n, None, exc))
                 return
             out.put((n, page, None))
-            if page.last or not page.ids:
+            if page.last or not page.keys:
                 return
             n += 1
 
@@ -154,7 +156,7 @@ class ThreadReader:
             raise exc
         assert page is not None and got == n
         self.expect = n + 1
-        if page.last or not page.ids:
+        if page.last or not page.keys:
             self.thread = None  # the thread stopped at the end; a step back restarts it
         return page
 
@@ -183,6 +185,7 @@ class _Shipped(NamedTuple):
     total: int | None
     last: bool
     ids: list[str]
+    keys: list[str]
     batch: Prepared | None
     body: bytes | None
 
@@ -282,10 +285,9 @@ class ProcessReader:
         batch = s.batch
         if batch is None:  # shipped as the server's bytes: parse and prepare it here
             assert s.body is not None
-            where = f"source {self.client.source.name}: page {s.number}"
-            page = parse_page(loads(s.body), s.number, 0, where)
+            page = ServerPage(s.number, 0, tasks_of(loads(s.body)), s.total, s.last)
             batch = self.prepare(page)
-        return ReadPage(s.number, s.total, s.last, s.ids, batch)
+        return ReadPage(s.number, s.total, s.last, s.ids, s.keys, batch)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -316,7 +318,14 @@ class PageReader:
         self.hint = NewShare()
 
         def prepare_page(page: ServerPage) -> Prepared:
-            return prepare(binder, src.name, page.tasks, clock(), build_rows=self.hint.build_rows())
+            return prepare(
+                binder,
+                src.name,
+                page.tasks,
+                clock(),
+                build_rows=self.hint.build_rows(),
+                shape=client.shape,
+            )
 
         self.thread: ThreadReader | None = ThreadReader(
             lambda n: client.query_page(n, src.page_size), prepare_page, src.concurrency - 1
@@ -360,7 +369,7 @@ class PageReader:
                 self.proc = None
         assert self.thread is not None
         page = self.thread(n)
-        size = len(page.ids)
+        size = len(page.keys)
         if self.spawn is not None and self.proc is None and page.total and size:
             if page.total // size - n >= PROCESS_MIN_PAGES:
                 try:
@@ -394,11 +403,14 @@ def _worker(conn: Connection) -> None:
     logging.getLogger().addHandler(logging.NullHandler())
     stamina.instrumentation.set_on_retry_hooks([])
     threading.Thread(target=_watch_parent, args=(setup.parent,), daemon=True).start()
-    settings, token, wait_initial, wait_max = setup.client
+    settings, token, wait_initial, wait_max, family, learned = setup.client
     # The source's settings as plain attributes: validated in the parent already, and pydantic
     # would cost this process a fifth of its memory.
     src = cast("SourceSettings", SimpleNamespace(**settings))
-    client = Client(src, token=token, wait_initial=wait_initial, wait_max=wait_max)
+    client = Client(
+        src, token=token, wait_initial=wait_initial, wait_max=wait_max, family=named(family)
+    )
+    client.api().restore(learned)
     gen, n, build_rows, running, credits = 0, 0, True, False, 0
     try:
         conn.send(("ready",))
@@ -424,16 +436,21 @@ def _worker(conn: Connection) -> None:
                 if build_rows:
                     now = datetime.now(UTC)
                     batch = prepare(
-                        setup.binder, src.name, page.tasks, now, build_rows=setup.bind_here
+                        setup.binder,
+                        src.name,
+                        page.tasks,
+                        now,
+                        build_rows=setup.bind_here,
+                        shape=client.shape,
                     )
-                ship = _Shipped(n, page.total, page.last, page.ids, batch, page.body)
+                ship = _Shipped(n, page.total, page.last, page.ids, page.keys, batch, page.body)
             except Exception as exc:
                 conn.send((gen, n, None, _picklable(exc), (client.requests, client.retries)))
                 running = False
                 continue
             conn.send((gen, n, ship, None, (client.requests, client.retries)))
             credits -= 1
-            if page.last or not ship.ids:
+            if page.last or not ship.keys:
                 running = False
             n += 1
     except (EOFError, OSError):

@@ -103,8 +103,12 @@ def is_digits(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+SECONDS_BELOW = 10**11  # an epoch value below this is seconds: in ms it would be 1970..1973
+
+
 def epoch_ms(value: Any) -> int | None:
-    """Epoch milliseconds from an int, float or digit string; None, 0 and junk give None."""
+    """Epoch milliseconds from an int, float or digit string (a value below 10^11 is taken as
+    seconds, as some relays and look-alike servers send); None, 0 and junk give None."""
     if type(value) is int:
         ms = value
     elif value is None or isinstance(value, bool):
@@ -122,6 +126,8 @@ def epoch_ms(value: Any) -> int | None:
         ms = int(value)
     else:
         return None
+    if 0 < ms < SECONDS_BELOW:
+        ms *= 1000
     # 0 means unset (new-api); outside years 1970..9999 is junk we keep only in `raw`.
     return ms if 0 < ms < MAX_MS else None
 
@@ -137,29 +143,89 @@ def _span(start: int | None, end: int | None) -> int | None:
 JSON_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
 
 
+@dataclass(frozen=True)
+class Shape:
+    """Where a server family's task objects keep the archive's fields: the key of each column's
+    value, the key of the task's id, and whether `properties` and `buttons` arrive as JSON
+    inside strings. The object itself is archived as sent; only the columns are mapped."""
+
+    name: str
+    id: str
+    keys: dict[str, str]
+    json_in_strings: bool = False
+
+
+COLUMNS = (
+    "action",
+    "status",
+    "prompt",
+    "prompt_en",
+    "description",
+    "state",
+    "progress",
+    "image_url",
+    "fail_reason",
+    "submit_time",
+    "start_time",
+    "finish_time",
+    "properties",
+    "buttons",
+)
+# The Midjourney-proxy task object (plus, trueai, novicezk, relays): camelCase.
+MJ = Shape(
+    "mj",
+    "id",
+    dict(
+        zip(
+            COLUMNS,
+            (
+                "action",
+                "status",
+                "prompt",
+                "promptEn",
+                "description",
+                "state",
+                "progress",
+                "imageUrl",
+                "failReason",
+                "submitTime",
+                "startTime",
+                "finishTime",
+                "properties",
+                "buttons",
+            ),
+            strict=True,
+        )
+    ),
+)
+# new-api's dashboard rows: snake_case, the task's id in `mj_id` (`id` is the row's own).
+NEWAPI = Shape("newapi", "mj_id", {c: c for c in COLUMNS}, json_in_strings=True)
+SHAPES = {s.name: s for s in (MJ, NEWAPI)}
+
+
 def content_hash(blob: bytes) -> str:
     """The letter x and 31 hex digits of the canonical JSON's xxh3-128: 32 characters, like
     the blake2b hashes of archives written before, which never start with an x."""
     return "x" + xxhash.xxh3_128_hexdigest(blob)[:31]
 
 
-def task_id(obj: Any) -> str | None:
+def task_id(obj: Any, shape: Shape = MJ) -> str | None:
     """A task's id as the archive stores it (a string, NUL characters replaced), or None when
     it has none. The one place ids are read: saving, walking and sweeping agree on them."""
     if type(obj) is not dict:
         return None
-    raw_id = obj.get("id")
+    raw_id = obj.get(shape.id)
     if raw_id is None or isinstance(raw_id, bool | dict | list):
         return None
     text: str = _clean(raw_id if type(raw_id) is str else str(raw_id))
     return text if text.strip() else None
 
 
-def fingerprint(obj: Any) -> Fingerprint | Rejected:
+def fingerprint(obj: Any, shape: Shape = MJ) -> Fingerprint | Rejected:
     """Id, content hash and canonical JSON of one task object, or why it can't be stored."""
     if type(obj) is not dict:
         return Rejected(None, f"task is a JSON {type(obj).__name__}, not an object")
-    tid = task_id(obj)
+    tid = task_id(obj, shape)
     if tid is None:
         return Rejected(None, "task has no id")
     if len(tid) > MAX_ID:
@@ -175,10 +241,27 @@ def fingerprint(obj: Any) -> Fingerprint | Rejected:
     return Fingerprint(tid, content_hash(blob), raw, blob, None)
 
 
-def build(source: str, fp: Fingerprint) -> Record | Rejected:
-    """The archive row of a fingerprinted task."""
+def _json_value(value: Any) -> Any:
+    """A JSON value that may arrive as JSON text (new-api): parsed when it is JSON, None when
+    empty, else kept as it is."""
+    if not isinstance(value, str):
+        return value
+    if not value.strip():
+        return None
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return value
+
+
+def build(source: str, fp: Fingerprint, shape: Shape = MJ) -> Record | Rejected:
+    """The archive row of a fingerprinted task, its columns read where `shape` keeps them."""
     raw = fp.raw
-    g = raw.get
+    k = shape.keys
+
+    def g(column: str) -> Any:
+        return raw.get(k[column])
+
     action, status = _text(g("action")), _text(g("status"))
     if action is not None and len(action) > MAX_ENUM:
         return Rejected(fp.id, f"action longer than {MAX_ENUM} characters")
@@ -188,9 +271,9 @@ def build(source: str, fp: Fingerprint) -> Record | Rejected:
     if progress is not None and len(progress) > MAX_ENUM:
         progress = progress[:MAX_ENUM]
     submit, start, finish = (
-        epoch_ms(g("submitTime")),
-        epoch_ms(g("startTime")),
-        epoch_ms(g("finishTime")),
+        epoch_ms(g("submit_time")),
+        epoch_ms(g("start_time")),
+        epoch_ms(g("finish_time")),
     )
     row: dict[str, Any] = {
         "source": source,
@@ -198,20 +281,20 @@ def build(source: str, fp: Fingerprint) -> Record | Rejected:
         "action": action,
         "status": status,
         "prompt": _text(g("prompt")),
-        "prompt_en": _text(g("promptEn")),
+        "prompt_en": _text(g("prompt_en")),
         "description": _text(g("description")),
         "state": _text(g("state")),
         "progress": progress,
-        "image_url": _text(g("imageUrl")),
-        "fail_reason": _text(g("failReason")),
+        "image_url": _text(g("image_url")),
+        "fail_reason": _text(g("fail_reason")),
         "submit_time": to_utc(submit),
         "start_time": to_utc(start),
         "finish_time": to_utc(finish),
         "queue_ms": _span(submit, start),
         "run_ms": _span(start, finish),
         "total_ms": _span(submit, finish),
-        "properties": g("properties"),
-        "buttons": g("buttons"),
+        "properties": _json_value(g("properties")) if shape.json_in_strings else g("properties"),
+        "buttons": _json_value(g("buttons")) if shape.json_in_strings else g("buttons"),
         "raw": raw,
         "content_hash": fp.hash,
     }

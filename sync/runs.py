@@ -38,10 +38,11 @@ COUNTERS = tuple(f.name for f in fields(RunCounts))
 @dataclass
 class SaveResult(RunCounts):
     """What one save did (or, in a dry run, would do): counts, plus the status of each task
-    it saw and which of them were new."""
+    it saw, which of them were new, and which were new, changed or returned (`moved`)."""
 
     statuses: dict[str, str | None] = field(default_factory=dict)
     new_ids: set[str] = field(default_factory=set)
+    moved: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -51,6 +52,7 @@ class RunReport(RunCounts):
 
     source: str = ""
     kind: str = ""
+    api: str = ""
     outcome: str = "running"
     run_id: int | None = None
     duration_s: float = 0.0

@@ -1,4 +1,6 @@
-"""The built-in fake plus server: deterministic, realistic tasks on a loopback port.
+"""The built-in fake server: deterministic, realistic tasks on a loopback port, answering as
+any of the server families (`api`: plus by default; sync.simulator_apis has each family's
+endpoints, shapes and quirks).
 
 Used by `tasksync demo`, `tasksync simulate`, the tests and the benchmarks. Standard library
 plus orjson only, so it starts in milliseconds. Everything that happens (tasks, arrivals,
@@ -17,10 +19,12 @@ import random
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
@@ -112,7 +116,8 @@ class Reply:
 
 
 class Simulator:
-    """An in-memory plus server whose state is a pure function of seed and history."""
+    """An in-memory Midjourney-proxy server whose state is a pure function of seed and
+    history; it keeps tasks in the plus shape and serves them as its family does."""
 
     def __init__(
         self,
@@ -133,6 +138,11 @@ class Simulator:
         ttl_s: float | None = None,
         stuck_share: float = 0.0,
         wall: Callable[[], float] = time.monotonic,
+        api: str = "plus",
+        newapi_user: int | None = None,
+        newapi_old: bool = False,
+        trueai_demo: bool = False,
+        trueai_admin: bool = True,
     ) -> None:
         """A server listing `tasks` tasks (indexes 0..tasks-1, oldest first).
 
@@ -171,6 +181,13 @@ class Simulator:
             raise ValueError("rates must be >= 0 and stuck_share within 0..1")
         if ttl_s is not None and ttl_s <= 0:
             raise ValueError("ttl_s must be > 0")
+        from sync.simulator_apis import APIS
+
+        self.api = APIS[api]()  # which family it answers as (sync.simulator_apis)
+        self.newapi_user = newapi_user
+        self.newapi_old = newapi_old
+        self.trueai_demo = trueai_demo
+        self.trueai_admin = trueai_admin
         self.seed = seed
         self.gap_ms = gap_ms
         self.token = token
@@ -192,6 +209,8 @@ class Simulator:
         self.on_request: Callable[[Simulator], None] | None = None
         self.slow_next = 0.0
         self.page_log: list[int] = []  # page numbers asked for, in order (for tests)
+        # The latest requests' methods and paths (for tests), bounded for long-running servers.
+        self.paths: deque[tuple[str, str]] = deque(maxlen=100_000)
         self.lock = threading.RLock()
         self.expired = 0  # tasks expired so far (either mode)
         # ---- time-driven mode (see the constructor's docstring)
@@ -328,9 +347,27 @@ class Simulator:
         return self.overrides.get(i) or self._generated(i)
 
     def truth(self) -> dict[str, dict[str, Any]]:
-        """Every task the server lists now, by id (for tests)."""
+        """Every task the server lists now, by id, as its family serves it (for tests)."""
         with self.lock:
-            return {self.task_id(i): self.task(i) for i in self.alive}
+            return {self.task_id(i): self.api.serve(self, i) for i in self.alive}
+
+    def newest(self, offset: int, size: int) -> list[int]:
+        """The listed tasks at positions offset.. offset+size-1, newest first."""
+        total = len(self.alive)
+        hi = total - offset
+        lo = max(0, hi - size)
+        return [self.alive[k] for k in range(hi - 1, lo - 1, -1)] if hi > 0 else []
+
+    def alive_of(self, ids: list[Any]) -> list[int]:
+        """The listed tasks among these ids (unknown or dropped ones left out)."""
+        out = []
+        for tid in ids:
+            i = self.index_of(str(tid))
+            if i is not None:
+                pos = bisect.bisect_left(self.alive, i)
+                if pos < len(self.alive) and self.alive[pos] == i:
+                    out.append(i)
+        return out
 
     def listing(self) -> list[str]:
         with self.lock:
@@ -529,17 +566,22 @@ class Simulator:
         return None
 
     # ---- the API ---------------------------------------------------------------------------------
-    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Reply:
-        """Answer one request (shared by the HTTP server and tests' MockTransport)."""
+    def handle(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Reply:
+        """Answer one request, as the family it plays (shared by the HTTP server and tests'
+        MockTransport). `target` is the path with its query string."""
+        parts = urlsplit(target)
+        path, query = parts.path, dict(parse_qsl(parts.query))
         with self.lock:
             self.requests += 1
+            self.paths.append((method, path))
             fault = self._fault()
             if fault is not None:
                 return fault
-            if self.token is not None and not self._authorized(headers):
-                return Reply(401, b"", "text/plain")
-            if method != "POST" or path not in ("/mj/task/query", "/mj/task/list-by-condition"):
-                return Reply(404, b'{"error":"Not Found","status":404}')
+            if self.token is not None and not self.api.authorized(self, headers):
+                return self.api.refused(self, headers)
+            route = self.api.route(method, path)
+            if route is None:
+                return self.api.unknown(path)
             try:
                 req = orjson.loads(body or b"{}")
             except orjson.JSONDecodeError:
@@ -548,23 +590,12 @@ class Simulator:
                 self.on_request(self)
             self._time_step()
             self._live_step()
-            if path == "/mj/task/query":
+            if route != "by_ids":
                 self.query_requests += 1
-                return self._query(req)
-            ids = req.get("ids") if isinstance(req, dict) else None
-            found = []
-            for tid in ids or []:
-                i = self.index_of(str(tid))
-                if i is not None:
-                    pos = bisect.bisect_left(self.alive, i)
-                    if pos < len(self.alive) and self.alive[pos] == i:
-                        found.append(self.task(i))
-            return Reply(200, orjson.dumps(found))
-
-    def _authorized(self, headers: dict[str, str]) -> bool:
-        lower = {k.lower(): v for k, v in headers.items()}
-        auth = lower.get("authorization", "")
-        return self.token in (lower.get("mj-api-secret"), auth, auth.removeprefix("Bearer "))
+            reply: Reply = getattr(self.api, route)(self, req, query)
+            if route != "by_ids" and self.slow_next:
+                reply.delay, self.slow_next = self.slow_next, 0.0
+            return reply
 
     def _fault(self) -> Reply | None:
         """Maybe replace this request's answer with a fault (or make it slow)."""
@@ -598,9 +629,7 @@ class Simulator:
         size = min(size, self.page_cap)
         self.page_log.append(number)
         total = len(self.alive)
-        hi = total - number * size
-        lo = max(0, hi - size)
-        content = [self.task(self.alive[k]) for k in range(hi - 1, lo - 1, -1)] if hi > 0 else []
+        content = [self.task(i) for i in self.newest(number * size, size)]
         pages = (total + size - 1) // size
         last = number >= pages - 1
         if self.nested:
@@ -634,8 +663,7 @@ class Simulator:
                 },
                 "sort": {"empty": False, "sorted": True, "unsorted": False},
             }
-        delay, self.slow_next = self.slow_next, 0.0
-        return Reply(200, orjson.dumps(doc), delay=delay)
+        return Reply(200, orjson.dumps(doc))
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Connection, Table, delete, func, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
@@ -25,12 +25,13 @@ from sync.errors import MassGoneRefused, printable
 from sync.models import (
     Checkpoint,
     Recheck,
+    SourceApi,
     SyncRun,
     Task,
     TaskEvent,
     unfinished,
 )
-from sync.records import Fingerprint, Rejected, changed_fields
+from sync.records import MJ, Fingerprint, Rejected, Shape, build, changed_fields, fingerprint
 from sync.runs import RunCounts, RunReport, SaveResult
 
 log = logging.getLogger("tasksync.store")
@@ -38,6 +39,10 @@ log = logging.getLogger("tasksync.store")
 TASK_COLUMNS = [c.name for c in Task.__table__.columns]
 UPDATE_COLUMNS = [c for c in TASK_COLUMNS if c not in ("source", "id", "first_seen_at")]
 EVENT_COLUMNS = [c.name for c in TaskEvent.__table__.columns if c.name != "id"]
+# Columns derived from a task's JSON (what `rederive` recomputes); the rest are its identity,
+# the JSON itself and what the archive observed.
+OBSERVED = ("source", "id", "raw", "content_hash", "first_seen_at", "last_seen_at")
+DERIVED = [c for c in TASK_COLUMNS if c not in (*OBSERVED, "last_changed_at", "gone_at")]
 SEEN_REFRESH = timedelta(hours=1)  # a sweep refreshes last_seen_at only when older than this
 RECHECK_FIRST_S = 60.0  # an unfinished task list-by-condition missed is asked again after 1 min,
 RECHECK_MAX_S = 6 * 3600.0  # then 2, 4, 8 ... minutes, at most every 6 hours until a sweep
@@ -122,10 +127,16 @@ class Store(Database):
 
     # ---- saving tasks -----------------------------------------------------------------
     def prepare(
-        self, source: str, tasks: Sequence[Any], now: datetime, *, build_rows: bool = False
+        self,
+        source: str,
+        tasks: Sequence[Any],
+        now: datetime,
+        *,
+        build_rows: bool = False,
+        shape: Shape = MJ,
     ) -> Prepared:
         """Fingerprint raw task objects (no I/O); see `sync.batch.prepare`."""
-        return prepare(self.binder, source, tasks, now, build_rows=build_rows)
+        return prepare(self.binder, source, tasks, now, build_rows=build_rows, shape=shape)
 
     def save(
         self,
@@ -190,7 +201,7 @@ class Store(Database):
         total = SaveResult(rejected=batch.rejected, tasks_seen=len(batch.records))
         for tid, fp in batch.records.items():
             one = SaveResult()
-            single = Prepared(batch.source, batch.now, {tid: fp}, 0)
+            single = Prepared(batch.source, batch.now, {tid: fp}, 0, batch.shape)
             try:
                 with self.guarded(batch.source) as conn:
                     rows, events = self._plan(conn, single, one)
@@ -240,13 +251,14 @@ class Store(Database):
                 result.unchanged += 1
                 result.statuses[tid] = old[1]
                 continue
-            b = batch.built.get(tid) or self.binder.built(source, fp, at)
+            b = batch.built.get(tid) or self.binder.built(source, fp, at, batch.shape)
             if isinstance(b, Rejected):
                 result.rejected += 1
                 result.tasks_seen -= 1
                 _log_rejected(source, b.id, b.reason)
                 continue
             result.statuses[tid] = b.status
+            result.moved.add(tid)
             rows.append(b.params)
             if old is None:
                 result.inserted += 1
@@ -400,10 +412,98 @@ class Store(Database):
             for part in conn.execution_options(yield_per=5000).execute(q).scalars().partitions():
                 yield from part
 
+    def rederive(
+        self, shapes: dict[str, Shape], batch: int = 1000, progress: Any = None
+    ) -> tuple[int, int]:
+        """Recompute every task's derived columns from its stored JSON with today's rules (a
+        source's shape from `shapes`, MJ otherwise) and write the rows that differ: how a
+        fix to column derivation reaches tasks archived before it (their JSON, and so their
+        content hash, did not change). Keyset batches: bounded memory, safe to stop and run
+        again. Returns (rows checked, rows updated)."""
+        checked = updated = 0
+        after: tuple[str, str] = ("", "")
+        cols = [Task.__table__.c[c] for c in ("source", "id", "raw", *DERIVED)]
+        while True:
+            q = (
+                select(*cols)
+                .where(
+                    (Task.source > after[0]) | ((Task.source == after[0]) & (Task.id > after[1]))
+                )
+                .order_by(Task.source, Task.id)
+                .limit(batch)
+            )
+            with self.engine.connect() as conn:
+                rows = conn.execute(q).all()
+            if not rows:
+                return checked, updated
+            changes: list[dict[str, Any]] = []
+            for row in rows:
+                source, tid, raw = row[0], row[1], row[2]
+                fp = fingerprint(raw, shapes.get(source, MJ))
+                rec = (
+                    build(source, fp, shapes.get(source, MJ)) if isinstance(fp, Fingerprint) else fp
+                )
+                if isinstance(rec, Rejected):
+                    continue
+                now = dict(zip(DERIVED, row[3:], strict=True))
+                new = {c: rec.row[c] for c in DERIVED}
+                if new != now:
+                    changes.append(
+                        {"_source": source, "_id": tid, **{f"_{c}": new[c] for c in new}}
+                    )
+            if changes:
+                stmt = (
+                    update(Task)
+                    .where(Task.source == bindparam("_source"), Task.id == bindparam("_id"))
+                    .values({c: bindparam(f"_{c}") for c in DERIVED})
+                )
+                with self.write() as conn:
+                    conn.execute(stmt, changes)
+            checked += len(rows)
+            updated += len(changes)
+            after = (rows[-1][0], rows[-1][1])
+            if progress:
+                progress(checked, updated)
+
+    def walk_keys(self, source: str, ids: Sequence[str]) -> list[str]:
+        """The walk keys of archived tasks: the `id` their server object carries (the task
+        id itself, or for new-api the row id its list is ordered by)."""
+        keys: list[str] = []
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(ids), 500):
+                q = select(Task.raw).where(Task.source == source, Task.id.in_(chunk))
+                for (raw,) in conn.execute(q):
+                    if isinstance(raw, dict) and raw.get("id") is not None:
+                        keys.append(str(raw["id"]))
+        return keys
+
+    def remembered_api(self, source: str) -> str | None:
+        """The family probing found for a source (`api = "auto"`), if remembered."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(SourceApi.api).where(SourceApi.source == source)).scalar()
+
+    def remember_api(self, source: str, api: str, evidence: str, now: datetime) -> None:
+        with self.write() as conn:
+            conn.execute(delete(SourceApi).where(SourceApi.source == source))
+            conn.execute(
+                insert(SourceApi).values(
+                    source=source, api=api, evidence=evidence[:255], detected_at=now
+                )
+            )
+
+    def forget_api(self, source: str) -> None:
+        """A reply stopped fitting the remembered family: probe again next time."""
+        with contextlib.suppress(sa_exc.SQLAlchemyError), self.write() as conn:
+            conn.execute(delete(SourceApi).where(SourceApi.source == source))
+
+    def missing_ids(self, source: str, seen: set[str]) -> list[str]:
+        """Archived tasks (not gone) that a complete read of the list did not see."""
+        return [tid for tid in self.iter_present_ids(source) if tid not in seen]
+
     def mark_gone(
         self,
         source: str,
-        seen: set[str],
+        missing: Sequence[str],
         run_id: int | None,
         now: datetime,
         *,
@@ -411,16 +511,12 @@ class Store(Database):
         allow_mass: bool = False,
         dry_run: bool = False,
     ) -> int:
-        """After a complete sweep: mark archived tasks the server no longer lists as gone."""
-        present = 0
-        missing: list[str] = []
-        for tid in self.iter_present_ids(source):
-            present += 1
-            if tid not in seen:
-                missing.append(tid)
+        """After a complete sweep: mark these archived tasks, which the server no longer
+        lists, as gone (each with a `gone` event), unless they are too large a share."""
         if not missing:
             return 0
-        share = len(missing) / present
+        present = self.count_tasks(source, present_only=True)
+        share = len(missing) / max(1, present)
         if share > max_share and not allow_mass:
             raise MassGoneRefused(
                 f"source {source!r}: the sweep would mark {len(missing)} of {present} archived "

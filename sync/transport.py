@@ -144,25 +144,40 @@ class _Decoder:
         else:
             raise BadEncoding(f"Content-Encoding {enc!r} is not supported")
 
+    def _step(self, data: bytes, most: int) -> bytes:
+        try:
+            out: bytes = self.z.decompress(data, most)
+        except zlib.error as exc:
+            if self.first and self.raw_fallback:
+                self.z, self.raw_fallback = zlib.decompressobj(-zlib.MAX_WBITS), False
+                return self._step(data, most)
+            raise BadEncoding(f"corrupt compressed body ({exc})") from None
+        self.first = False
+        return out
+
     def feed(self, chunk: bytes, room: int) -> Iterator[bytes]:
+        """The decoded bytes of `chunk`, stopping once more than `room` came out."""
         if self.z is None:
             yield chunk
             return
         data = chunk
         while data:
-            try:
-                out = self.z.decompress(data, room + 1)
-            except zlib.error as exc:
-                if self.first and self.raw_fallback:
-                    self.z, self.raw_fallback = zlib.decompressobj(-zlib.MAX_WBITS), False
-                    continue
-                raise BadEncoding(f"corrupt compressed body ({exc})") from None
-            self.first = False
+            out = self._step(data, room + 1)
             yield out
             room -= len(out)
             data = self.z.unconsumed_tail
             if room < 0 or self.z.eof:
                 return
+
+    def pieces(self, chunk: bytes, most: int) -> Iterator[bytes]:
+        """All the decoded bytes of `chunk`, at most `most` at a time."""
+        if self.z is None:
+            yield chunk
+            return
+        data = chunk
+        while data and not self.z.eof:
+            yield self._step(data, most)
+            data = self.z.unconsumed_tail
 
 
 def read_capped(resp: httpx.Response, limit: int, deadline: Deadline) -> bytes:
@@ -187,3 +202,20 @@ def read_capped(resp: httpx.Response, limit: int, deadline: Deadline) -> bytes:
         if deadline.at is not None and time.monotonic() > deadline.at:
             raise httpx.ReadTimeout("the request's deadline passed")
     return bytes(body)
+
+
+PIECE = 4 << 20  # the most one decompression step produces when a reply is streamed
+
+
+def iter_decoded(resp: httpx.Response, deadline: Deadline, timeout_s: float) -> Iterator[bytes]:
+    """A reply read as it comes (a whole task list), decoded in pieces of at most PIECE
+    bytes; each raw chunk must arrive within `timeout_s`, while the reply as a whole may take
+    as long as it takes. What to hold of it is the caller's to bound."""
+    decoder = _Decoder(resp.headers.get("content-encoding", ""))
+    chunks = resp.iter_raw(CHUNK)
+    while True:
+        deadline.at = time.monotonic() + timeout_s  # for this read, not for the caller's work
+        raw = next(chunks, None)
+        if raw is None:
+            return
+        yield from decoder.pieces(raw, PIECE)

@@ -59,10 +59,11 @@ def id_key(tid: str) -> tuple[int, int | str]:
 
 
 class Listing(Protocol):
-    """What the walker needs of a page (a client's ServerPage or the read side's ReadPage)."""
+    """What the walker needs of a page (a client's ServerPage or the read side's ReadPage):
+    its order keys (the task ids, or whatever else the family's list is sorted by)."""
 
     @property
-    def ids(self) -> list[str]: ...
+    def keys(self) -> list[str]: ...
 
     @property
     def total(self) -> int | None: ...
@@ -133,7 +134,7 @@ def walk(
     while True:
         page = fetch(cur.page)
         st.fetches += 1
-        ids = page.ids
+        ids = page.keys
         if ids and not _sorted_desc(ids):
             st.verified = False
         if page.total is None:

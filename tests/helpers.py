@@ -29,7 +29,7 @@ from sync import schema
 from sync.client import BY_IDS_MAX
 from sync.config import SourceSettings
 from sync.models import SyncRun, Task, TaskEvent
-from sync.records import Record, Rejected, build, fingerprint
+from sync.records import SHAPES, Record, Rejected, build, fingerprint
 from sync.simulator import Simulator
 from sync.store import Store
 
@@ -130,6 +130,7 @@ def source_for(url: str, **kw: Any) -> SourceSettings:
     opts: dict[str, Any] = {
         "name": "main",
         "base_url": url,
+        "api": "plus",
         "max_requests_per_second": 10_000,
         "timeout_s": 5,
     }
@@ -161,7 +162,13 @@ def write_config(
     """Write a config with `[database] url = db` and one source ("main", 1000 requests a
     second unless `source` says otherwise, then the other `source` keys), an optional
     `[schedule]` table, then `extra` verbatim."""
-    keys = {"name": "main", "base_url": base_url, "max_requests_per_second": 1000, **source}
+    keys = {
+        "name": "main",
+        "base_url": base_url,
+        "api": "plus",
+        "max_requests_per_second": 1000,
+        **source,
+    }
     lines = ["[database]", f"url = {toml_value(db)}", "", "[[sources]]"]
     lines += [f"{k} = {toml_value(v)}" for k, v in keys.items()]
     if schedule is not None:
@@ -220,10 +227,10 @@ Run = Callable[..., tuple[int, str, str]]  # the `run` fixture: tasksync in-proc
 # Records and the archive -----------------------------------------------------------------
 
 
-def normalize(source: str, obj: Any) -> Record | Rejected:
+def normalize(source: str, obj: Any, shape: str = "mj") -> Record | Rejected:
     """One task object from the server as its archive row, or why it can't be stored."""
-    fp = fingerprint(obj)
-    return fp if isinstance(fp, Rejected) else build(source, fp)
+    fp = fingerprint(obj, SHAPES[shape])
+    return fp if isinstance(fp, Rejected) else build(source, fp, SHAPES[shape])
 
 
 def request_bound(new: int, unfinished: int, page_size: int) -> int:
@@ -256,7 +263,7 @@ def assert_archive_equals_truth(store: Store, sim: Simulator, source: str = "mai
         f"missing {sorted(set(truth) - present)[:5]}, extra {sorted(present - set(truth))[:5]}"
     )
     for tid, task in truth.items():
-        expected = normalize(source, task)
+        expected = normalize(source, task, sim.api.shape)
         assert not hasattr(expected, "reason"), expected
         row = got[tid]
         for col in COMPARED:
@@ -322,7 +329,8 @@ def sim_transport(sim: Simulator) -> Any:
     import httpx
 
     def handler(request: httpx.Request) -> httpx.Response:
-        reply = sim.handle(request.method, request.url.path, dict(request.headers), request.content)
+        target = request.url.raw_path.decode("ascii")
+        reply = sim.handle(request.method, target, dict(request.headers), request.content)
         if reply.drop:
             raise httpx.RemoteProtocolError("server closed the connection", request=request)
         headers = {"Content-Type": reply.content_type, **reply.headers}

@@ -16,8 +16,9 @@ import orjson
 import pytest
 
 from sync import pipeline
-from sync.client import Client, parse_page
+from sync.client import Client
 from sync.errors import BadResponse, RunawayList, ServerRefused, ServerUnreachable
+from sync.families.plus import parse_page
 from sync.models import Task
 from sync.simulator import Faults, Simulator
 from sync.store import Store

@@ -118,7 +118,11 @@ class Millis(int):
         pytest.param(str(SUBMIT), SUBMIT, id="digit-string"),
         pytest.param(f" {SUBMIT} ", SUBMIT, id="digit-string-padded"),
         pytest.param(SUBMIT + 0.9, SUBMIT, id="float-truncated"),
-        pytest.param(1, 1, id="one"),
+        pytest.param(1, 1000, id="one-second"),
+        pytest.param(SUBMIT // 1000, SUBMIT, id="seconds"),
+        pytest.param(str(SUBMIT // 1000), SUBMIT, id="seconds-string"),
+        pytest.param(10**11 - 1, (10**11 - 1) * 1000, id="last-value-read-as-seconds"),
+        pytest.param(10**11, 10**11, id="first-value-read-as-ms"),
         pytest.param(MAX_MS - 1, MAX_MS - 1, id="last-ms-of-9999"),
         pytest.param(MAX_MS, None, id="year-10000"),
         pytest.param(1e300, None, id="huge-float"),
@@ -141,7 +145,8 @@ class Millis(int):
     ],
 )
 def test_epoch_ms_reads_numbers_and_digit_strings(value: Any, expected: int | None) -> None:
-    """Ints, digit strings and finite floats in 1970..9999 are epoch ms; the rest is None."""
+    """Ints, digit strings and finite floats in 1970..9999 are epoch ms (a value below 10^11
+    is seconds); the rest is None."""
     assert epoch_ms(value) == expected
 
 

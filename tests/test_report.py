@@ -160,7 +160,8 @@ def run(store: Store, source: str, kind: str, started: datetime, **end: Any) -> 
 def test_source_status_sums_up_the_archive_and_the_last_runs(archive: Store) -> None:
     """One line with tasks archived, gone and unfinished and the time since the last success,
     then the newest runs first: start, kind, outcome, duration, counts and error."""
-    archive.mark_gone("main", {"1", "2", "3", "5", "6", "7", "8"}, None, NOW, max_share=1.0)
+    seen = {"1", "2", "3", "5", "6", "7", "8"}
+    archive.mark_gone("main", archive.missing_ids("main", seen), None, NOW, max_share=1.0)
     run(archive, "main", "backfill", NOW, at=NOW + timedelta(seconds=90), outcome="ok", inserted=8)
     error = "server http://mj.test/mj/task/query returned 502 " + "x" * 200
     run(

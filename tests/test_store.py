@@ -188,7 +188,9 @@ def test_store_dry_run_writes_nothing(store: Store) -> None:
 def test_store_gone_and_returned(store: Store) -> None:
     """mark_gone sets gone_at with a `gone` event; a task seen again gets `returned`."""
     save(store, "main", [task("1"), task("2"), task("3"), task("4"), task("5")], None, NOW)
-    assert store.mark_gone("main", {"1", "2", "3", "4"}, None, NOW, max_share=0.2) == 1
+    missing = store.missing_ids("main", {"1", "2", "3", "4"})
+    assert missing == ["5"]
+    assert store.mark_gone("main", missing, None, NOW, max_share=0.2) == 1
     assert archive(store)["5"]["gone_at"] == NOW
     res = save(store, "main", [task("5")], None, NOW + timedelta(hours=1))
     assert res.returned == 1 and archive(store)["5"]["gone_at"] is None
@@ -251,7 +253,7 @@ def test_every_write_path_checks_the_lock(store: Store) -> None:
             lambda: save(
                 store, "main", [task("4")], None, NOW, checkpoint=ResumePoint("backfill", 1, "4", 4)
             ),
-            lambda: store.mark_gone("main", {"1"}, None, NOW, max_share=1.0),
+            lambda: store.mark_gone("main", ["1"], None, NOW, max_share=1.0),
             lambda: store.touch_seen("main", NOW + timedelta(days=1)),
             lambda: store.clear_checkpoint("main", "backfill"),
         ]

@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sync.client import ServerPage, parse_page
+from sync.client import ServerPage
+from sync.families.plus import parse_page
 from sync.simulator import Simulator
 from sync.walk import Cursor, WalkStats, id_key, walk
 
