@@ -69,10 +69,10 @@ def _my_admin() -> Any:
     )
 
 
-def require(kind: str) -> None:
-    """Skip the test (fail it under CI=true) when the `kind` server cannot be reached."""
+def unreachable(kind: str) -> str | None:
+    """Why the `kind` database server cannot be reached, or None when it can."""
     if kind == "sqlite":
-        return
+        return None
     if kind not in _reachable:
         try:
             (_pg_admin if kind == "postgresql" else _my_admin)().close()
@@ -82,7 +82,12 @@ def require(kind: str) -> None:
                 f"{kind} at {PG_HOST if kind == 'postgresql' else MY_HOST} "
                 f"unreachable: {str(exc).splitlines()[0]}"
             )
-    reason = _reachable[kind]
+    return _reachable[kind]
+
+
+def require(kind: str) -> None:
+    """Skip the test (fail it under CI=true) when the `kind` server cannot be reached."""
+    reason = unreachable(kind)
     if reason:
         if CI:
             pytest.fail(f"CI=true requires {kind}: {reason}")
