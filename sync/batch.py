@@ -71,7 +71,7 @@ class Binder:
             "finish_time": ts(r["finish_time"]),
             "properties": json_or_none(r["properties"]),
             "buttons": json_or_none(r["buttons"]),
-            "raw": rec.raw_json,
+            "extra": json_or_none(r["extra"]),
             "first_seen_at": at,
             "last_seen_at": at,
             "last_changed_at": at,

@@ -17,6 +17,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -211,22 +212,27 @@ def db_grant_reader(
 @db.command("rederive")
 @pass_app
 def db_rederive(app: App) -> None:
-    """Recompute every task's columns from its stored JSON (after a fix to derivation)."""
-    from sync.families import named
-    from sync.records import MJ, SHAPES
-
-    store = app.store()
-    shapes = {}
-    for src in app.settings.sources:
-        family = named(src.api if src.api != "auto" else store.remembered_api(src.name) or "plus")
-        shapes[src.name] = SHAPES[family.shape] if family is not None else MJ
+    """Recompute every task's columns from its server object (after a fix to derivation)."""
 
     def say(checked: int, updated: int) -> None:
         if checked % 50_000 < 1000:
             log.info("rederive: %d tasks checked, %d updated", checked, updated)
 
-    checked, updated = store.rederive(shapes, progress=say)
+    checked, updated = app.store().rederive(progress=say)
     click.echo(f"{checked} tasks checked, {updated} updated from their stored JSON")
+
+
+@db.command("vacuum")
+@pass_app
+def db_vacuum(app: App) -> None:
+    """Compact the archive and give freed space back to the filesystem (blocks writes)."""
+    from sync import schema
+
+    store = app.store()
+    before = schema.archive_bytes(store)
+    schema.vacuum(store)
+    after = schema.archive_bytes(store)
+    click.echo(f"archive: {before / 1e6:,.1f} MB before, {after / 1e6:,.1f} MB after")
 
 
 @db.command("check")
@@ -349,6 +355,31 @@ def query(app: App, sql: str, fmt: str, timeout_s: float | None) -> None:
     with readonly.run(settings.query.url or settings.database.url, sql, timeout) as (cols, rows):
         for text in render(cols, rows, fmt):
             click.echo(text)
+
+
+@cli.command()
+@click.option("--source", "name", help="Only this source's tasks (default: every source).")
+@click.option(
+    "--since",
+    type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]),
+    help="Only tasks that arrived or changed at or after this UTC time.",
+)
+@click.option("--format", "fmt", type=click.Choice(["jsonl"]), default="jsonl", show_default=True)
+@pass_app
+def export(app: App, name: str | None, since: datetime | None, fmt: str) -> None:
+    """Stream archived tasks as the server sent them, one JSON object per line."""
+    import orjson
+
+    store = app.store()
+    if name is not None and name not in store.sources():
+        raise ConfigError(f"--source: the archive has no tasks of a source named {name!r}")
+    out = sys.stdout.buffer
+    try:
+        for _source, obj in store.export(name, since and since.replace(tzinfo=UTC)):
+            out.write(orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE))
+        out.flush()
+    except BrokenPipeError:  # `| head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 @cli.command()

@@ -81,11 +81,9 @@ class Task(Base):
 
     __tablename__ = "tasks"
     __table_args__ = (
-        Index("ix_tasks_source_status", "source", "status"),
-        Index("ix_tasks_source_submit_time", "source", "submit_time"),
+        # Each serves a documented query or a sync path (README: "The archive").
+        Index("ix_tasks_source_status_gone_at", "source", "status", "gone_at"),
         Index("ix_tasks_submit_time_action", "submit_time", "action"),
-        Index("ix_tasks_finish_time", "finish_time"),
-        Index("ix_tasks_source_gone_at", "source", "gone_at"),
     )
 
     source: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -107,7 +105,9 @@ class Task(Base):
     total_ms: Mapped[int | None] = mapped_column(BigInteger)
     properties: Mapped[Any | None] = mapped_column(Json)
     buttons: Mapped[Any | None] = mapped_column(Json)
-    raw: Mapped[Any] = mapped_column(Json)
+    extra: Mapped[Any | None] = mapped_column(Json)
+    absent: Mapped[str | None] = mapped_column(String(255))
+    shape: Mapped[str | None] = mapped_column(String(16))
     content_hash: Mapped[str] = mapped_column(String(32))
     first_seen_at: Mapped[datetime]
     last_seen_at: Mapped[datetime]
@@ -149,7 +149,6 @@ class TaskEvent(Base):
     __tablename__ = "task_events"
     __table_args__ = (
         Index("ix_task_events_source_task_id_observed_at", "source", "task_id", "observed_at"),
-        Index("ix_task_events_observed_at", "observed_at"),
         Index("ix_task_events_run_id", "run_id"),
     )
 

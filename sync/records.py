@@ -1,4 +1,5 @@
-"""From a server's task object to an archive row: parsing, derived times, content hash.
+"""From a server's task object to an archive row and back: parsing, derived times, content
+hash, and the split that stores every byte once (`build`) with its inverse (`join`).
 
 Pure functions, no I/O. Anything odd is either repaired in a documented way (NUL characters
 become U+FFFD; a progress text longer than 64 characters is cut) or turns the task into a
@@ -10,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -64,10 +65,9 @@ class Fingerprint:
 
 @dataclass(slots=True)
 class Record:
-    """A task ready to store: its column values, and its canonical JSON for `raw`."""
+    """A task ready to store: its column values (`extra`, `absent` and `shape` included)."""
 
     row: dict[str, Any]
-    raw_json: str
 
 
 @dataclass(slots=True)
@@ -132,8 +132,17 @@ def epoch_ms(value: Any) -> int | None:
     return ms if 0 < ms < MAX_MS else None
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MS = timedelta(milliseconds=1)
+
+
 def to_utc(ms: int | None) -> datetime | None:
-    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC)
+    """Exact (integer arithmetic, no float rounding): `to_ms` gives the same value back."""
+    return None if ms is None else EPOCH + ms * MS
+
+
+def to_ms(value: datetime) -> int:
+    return (value - EPOCH) // MS
 
 
 def _span(start: int | None, end: int | None) -> int | None:
@@ -153,6 +162,8 @@ class Shape:
     id: str
     keys: dict[str, str]
     json_in_strings: bool = False
+    unset_time: Any = None  # what the family sends for a time it has not got
+    unset_json: Any = None  # ... and for `properties` or `buttons` it has not got
 
 
 COLUMNS = (
@@ -199,7 +210,9 @@ MJ = Shape(
     ),
 )
 # new-api's dashboard rows: snake_case, the task's id in `mj_id` (`id` is the row's own).
-NEWAPI = Shape("newapi", "mj_id", {c: c for c in COLUMNS}, json_in_strings=True)
+NEWAPI = Shape(
+    "newapi", "mj_id", {c: c for c in COLUMNS}, json_in_strings=True, unset_time=0, unset_json=""
+)
 SHAPES = {s.name: s for s in (MJ, NEWAPI)}
 
 
@@ -255,7 +268,8 @@ def _json_value(value: Any) -> Any:
 
 
 def build(source: str, fp: Fingerprint, shape: Shape = MJ) -> Record | Rejected:
-    """The archive row of a fingerprinted task, its columns read where `shape` keeps them."""
+    """The archive row of a fingerprinted task, its columns read where `shape` keeps them,
+    and what the columns do not give back exactly in `extra` (see `split`)."""
     raw = fp.raw
     k = shape.keys
 
@@ -295,10 +309,83 @@ def build(source: str, fp: Fingerprint, shape: Shape = MJ) -> Record | Rejected:
         "total_ms": _span(submit, finish),
         "properties": _json_value(g("properties")) if shape.json_in_strings else g("properties"),
         "buttons": _json_value(g("buttons")) if shape.json_in_strings else g("buttons"),
-        "raw": raw,
         "content_hash": fp.hash,
     }
-    return Record(row, fp.text)
+    row["extra"], row["absent"] = split(raw, row, shape)
+    row["shape"] = None if shape.name == MJ.name else shape.name
+    return Record(row)
+
+
+# ---- every byte once: the object = the columns + `extra` -------------------------------------
+TIMES = ("submit_time", "start_time", "finish_time")
+JSONS = ("properties", "buttons")
+
+
+def _given(column: str, value: Any, shape: Shape) -> Any:
+    """The server's value that a stored column value stands for, as `shape`'s family sends
+    it: the text itself, a time as epoch milliseconds, a JSON value (as JSON text for
+    new-api), or the family's unset value for a NULL time or JSON column."""
+    if column in TIMES:
+        return shape.unset_time if value is None else to_ms(value)
+    if column in JSONS and shape.json_in_strings:
+        # As Go's encoding/json writes it (keys sorted, no spaces): what new-api stores. Key
+        # order could not be kept anyway (PostgreSQL's jsonb keeps its own).
+        if value is None:
+            return shape.unset_json
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as JSON, type for type: 1, 1.0 and true differ; so do "" and null."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict | list):
+        return orjson.dumps(a, option=JSON_OPTS) == orjson.dumps(b, option=JSON_OPTS)
+    return bool(a == b)
+
+
+def split(
+    obj: dict[str, Any], row: dict[str, Any], shape: Shape
+) -> tuple[dict[str, Any] | None, str | None]:
+    """What the columns of `row` do not give back exactly: `extra`, the object's other keys
+    and every value a column holds differently (a cut progress, a time in seconds, an id
+    sent as a number ...), and `absent`, the mapped keys the object did not have, comma
+    separated. `join` of the stored row is then the object, exactly."""
+    extra: dict[str, Any] = {}
+    mapped = {shape.id: "id", **{key: col for col, key in shape.keys.items()}}
+    for key, value in obj.items():
+        col = mapped.get(key)
+        if col is None:
+            extra[key] = value
+        elif col in JSONS and not shape.json_in_strings:
+            # Stored as the very value sent. A bare number, text or boolean is kept in
+            # `extra` too: SQLite's JSON columns have numeric affinity (1.0 reads back as 1).
+            if value is not None and not isinstance(value, dict | list):
+                extra[key] = value
+        elif not _same(_given(col, row[col], shape), value):
+            extra[key] = value
+    absent = ",".join(key for key in mapped if key not in obj)
+    return extra or None, absent or None
+
+
+JOINED = ("id", *COLUMNS, "extra", "absent", "shape")  # the columns `join` reads
+
+
+def join(row: Any) -> dict[str, Any]:
+    """A task's server object from its stored row (a mapping with the JOINED columns): the
+    inverse of `build`'s split, so `tasksync export` gives back what the server sent."""
+    shape = SHAPES[row["shape"] or MJ.name]
+    skip = set(row["absent"].split(",")) if row["absent"] else set()
+    obj: dict[str, Any] = {}
+    if shape.id not in skip:
+        obj[shape.id] = row["id"]
+    for col, key in shape.keys.items():
+        if key not in skip:
+            obj[key] = _given(col, row[col], shape)
+    if row["extra"]:
+        obj.update(row["extra"])
+    return obj
 
 
 def changed_fields(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:

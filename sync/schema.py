@@ -1,5 +1,6 @@
 """The archive's schema on a live database: Alembic upgrade, downgrade, current and check
-(from any install: the migrations ship inside the package), and logins that may only read.
+(from any install: the migrations ship inside the package), its size on disk and `db vacuum`,
+and logins that may only read.
 """
 
 from __future__ import annotations
@@ -133,3 +134,82 @@ def grant_reader(
     except sa_exc.DBAPIError as exc:
         raise db.db_error(exc, "granting read access") from None
     return sql
+
+
+ARCHIVE_TABLES = ("tasks", "task_events", "sync_runs", "sync_checkpoints", "sync_leases")
+SQLITE_PAGE = 8192  # engine.py gives new files this page size; `vacuum` moves old ones to it
+
+
+def archive_bytes(db: Database) -> int:
+    """Bytes the archive takes on disk, as its database counts them: the SQLite file (after a
+    WAL checkpoint); PostgreSQL's tables with their indexes and TOAST; MariaDB's tablespace
+    files as allocated (page compression punches holes, so file lengths overstate them)."""
+    try:
+        with db.engine.connect() as conn:
+            if db.dialect == "sqlite":
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+                pages = conn.exec_driver_sql("PRAGMA page_count").scalar_one()
+                return int(pages * conn.exec_driver_sql("PRAGMA page_size").scalar_one())
+            names = ", ".join(f"'{t}'" for t in ARCHIVE_TABLES)
+            if db.dialect == "postgresql":
+                sql = (
+                    "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+                    "WHERE c.relkind = 'r' AND c.relnamespace = current_schema()::regnamespace "
+                    f"AND c.relname IN ({names})"
+                )
+                return int(conn.exec_driver_sql(sql).scalar_one())
+            # Pages still in the buffer pool are not in the files yet: write them out first.
+            conn.exec_driver_sql(f"FLUSH TABLES {', '.join(ARCHIVE_TABLES)} FOR EXPORT")
+            conn.exec_driver_sql("UNLOCK TABLES")
+            files = ", ".join(f"concat(DATABASE(), '/', '{t}')" for t in ARCHIVE_TABLES)
+            got = conn.exec_driver_sql(
+                "SELECT sum(ALLOCATED_SIZE) FROM information_schema.INNODB_SYS_TABLESPACES "
+                f"WHERE NAME IN ({files})"
+            ).scalar()
+            if got is None:  # MySQL: no such view; the tables' own figures
+                got = conn.exec_driver_sql(
+                    "SELECT sum(data_length + index_length) FROM information_schema.TABLES "
+                    f"WHERE table_schema = DATABASE() AND table_name IN ({names})"
+                ).scalar()
+            return int(got or 0)
+    except sa_exc.DBAPIError as exc:
+        raise db.db_error(exc, "measuring the archive") from None
+
+
+def vacuum(db: Database) -> None:
+    """Give the space freed inside the archive back to the filesystem, and compact it:
+    SQLite `VACUUM` (moving an older file to 8 KiB pages), PostgreSQL `VACUUM FULL`,
+    MariaDB `OPTIMIZE TABLE`. It rewrites the tables and blocks writes while it runs."""
+    if db.dialect == "sqlite":
+        _vacuum_sqlite(db)
+        return
+    try:
+        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            if db.dialect == "postgresql":
+                conn.exec_driver_sql(f"VACUUM (FULL, ANALYZE) {', '.join(ARCHIVE_TABLES)}")
+            else:
+                conn.exec_driver_sql(f"OPTIMIZE TABLE {', '.join(ARCHIVE_TABLES)}").all()
+    except sa_exc.DBAPIError as exc:
+        raise db.db_error(exc, "vacuuming") from None
+
+
+def _vacuum_sqlite(db: Database) -> None:
+    """VACUUM on a connection of its own, outside any transaction; an older file moves to
+    8 KiB pages on the way (the page size of a WAL file is fixed, so WAL is left meanwhile)."""
+    import sqlite3
+
+    db.engine.dispose()  # the pool's connections would keep the file in WAL mode
+    try:
+        conn = sqlite3.connect(db.url.database or "", timeout=30, isolation_level=None)
+        try:
+            if conn.execute("PRAGMA page_size").fetchone()[0] != SQLITE_PAGE:
+                conn.execute("PRAGMA journal_mode=DELETE").fetchall()
+                conn.execute(f"PRAGMA page_size={SQLITE_PAGE}")
+                conn.execute("VACUUM")
+                conn.execute("PRAGMA journal_mode=WAL").fetchall()
+            else:
+                conn.execute("VACUUM")
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise db.db_error(exc, "vacuuming") from None

@@ -245,9 +245,11 @@ class NewAPI(Api):
             "fail_reason": t.get("failReason") or "",
             "channel_id": 1,
             "quota": 50000,
-            "buttons": orjson.dumps(t.get("buttons") or []).decode(),
+            # JSON inside strings, as Go's encoding/json writes it: keys sorted, no spaces.
+            "buttons": orjson.dumps(t.get("buttons") or [], option=orjson.OPT_SORT_KEYS).decode(),
             "properties": orjson.dumps(
-                {"finalPrompt": props.get("finalPrompt", ""), "finalZhPrompt": ""}
+                {"finalPrompt": props.get("finalPrompt", ""), "finalZhPrompt": ""},
+                option=orjson.OPT_SORT_KEYS,
             ).decode(),
         }
 

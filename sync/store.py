@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, cast
 
+import orjson
 from sqlalchemy import Connection, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql, postgresql, sqlite
@@ -31,7 +32,18 @@ from sync.models import (
     TaskEvent,
     unfinished,
 )
-from sync.records import MJ, Fingerprint, Rejected, Shape, build, changed_fields, fingerprint
+from sync.records import (
+    JOINED,
+    MJ,
+    SHAPES,
+    Fingerprint,
+    Rejected,
+    Shape,
+    build,
+    changed_fields,
+    fingerprint,
+    join,
+)
 from sync.runs import RunCounts, RunReport, SaveResult
 
 log = logging.getLogger("tasksync.store")
@@ -39,9 +51,9 @@ log = logging.getLogger("tasksync.store")
 TASK_COLUMNS = [c.name for c in Task.__table__.columns]
 UPDATE_COLUMNS = [c for c in TASK_COLUMNS if c not in ("source", "id", "first_seen_at")]
 EVENT_COLUMNS = [c.name for c in TaskEvent.__table__.columns if c.name != "id"]
-# Columns derived from a task's JSON (what `rederive` recomputes); the rest are its identity,
-# the JSON itself and what the archive observed.
-OBSERVED = ("source", "id", "raw", "content_hash", "first_seen_at", "last_seen_at")
+# Columns derived from a task's JSON (what `rederive` recomputes, `extra` included); the rest
+# are its identity, its content hash and what the archive observed.
+OBSERVED = ("source", "id", "content_hash", "first_seen_at", "last_seen_at")
 DERIVED = [c for c in TASK_COLUMNS if c not in (*OBSERVED, "last_changed_at", "gone_at")]
 SEEN_REFRESH = timedelta(hours=1)  # a sweep refreshes last_seen_at only when older than this
 RECHECK_FIRST_S = 60.0  # an unfinished task list-by-condition missed is asked again after 1 min,
@@ -271,12 +283,9 @@ class Store(Database):
                 result.changed += 1
                 changed.append((tid, b))
         if changed:
-            old_raw: dict[str, Any] = {}
-            for chunk in _chunks([tid for tid, _b in changed], 500):
-                raws = select(Task.id, Task.raw).where(Task.source == source, Task.id.in_(chunk))
-                old_raw.update({cid: raw for cid, raw in conn.execute(raws)})
+            before = self._objects(conn, source, [tid for tid, _b in changed])
             for tid, b in changed:
-                fields = changed_fields(old_raw.get(tid), records[tid].raw)
+                fields = changed_fields(before.get(tid), records[tid].raw)
                 events.append((tid, b, "changed", existing[tid][1], fields))
         return rows, events
 
@@ -398,6 +407,11 @@ class Store(Database):
                     .values(misses=misses + 1, next_check_at=after(misses + 1))
                 )
 
+    def sources(self) -> list[str]:
+        """The sources the archive holds tasks of."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(Task.source).distinct()).scalars())
+
     def count_tasks(self, source: str, *, present_only: bool = False) -> int:
         q = select(func.count()).select_from(Task).where(Task.source == source)
         if present_only:
@@ -412,17 +426,49 @@ class Store(Database):
             for part in conn.execution_options(yield_per=5000).execute(q).scalars().partitions():
                 yield from part
 
-    def rederive(
-        self, shapes: dict[str, Shape], batch: int = 1000, progress: Any = None
-    ) -> tuple[int, int]:
-        """Recompute every task's derived columns from its stored JSON with today's rules (a
-        source's shape from `shapes`, MJ otherwise) and write the rows that differ: how a
-        fix to column derivation reaches tasks archived before it (their JSON, and so their
-        content hash, did not change). Keyset batches: bounded memory, safe to stop and run
-        again. Returns (rows checked, rows updated)."""
+    @staticmethod
+    def _objects(conn: Connection, source: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Archived tasks' server objects, rebuilt from their rows (`records.join`)."""
+        cols = [Task.__table__.c[c] for c in JOINED]
+        objects: dict[str, dict[str, Any]] = {}
+        for chunk in _chunks(list(ids), 500):
+            q = select(*cols).where(Task.source == source, Task.id.in_(chunk))
+            objects.update({row.id: join(row._mapping) for row in conn.execute(q)})
+        return objects
+
+    def export(
+        self, source: str | None = None, since: datetime | None = None, batch: int = 1000
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every archived task as (source, the server's object), in key order, streamed in
+        keyset batches; `since`: tasks observed changing at or after it."""
+        cols = [Task.__table__.c[c] for c in ("source", *JOINED)]
+        after = ("", "")
+        while True:
+            q = select(*cols).where(
+                (Task.source > after[0]) | ((Task.source == after[0]) & (Task.id > after[1]))
+            )
+            if source is not None:
+                q = q.where(Task.source == source)
+            if since is not None:
+                q = q.where(Task.last_changed_at >= since)
+            with self.engine.connect() as conn:
+                rows = conn.execute(q.order_by(Task.source, Task.id).limit(batch)).all()
+            if not rows:
+                return
+            for row in rows:
+                yield row.source, join(row._mapping)
+            after = (rows[-1].source, rows[-1].id)
+
+    def rederive(self, batch: int = 1000, progress: Any = None) -> tuple[int, int]:
+        """Recompute every task's derived columns from its server object (rebuilt from the
+        row) with today's rules and write the rows that differ: how a fix to column
+        derivation reaches tasks archived before it (their JSON, and so their content hash,
+        did not change). Keyset batches: bounded memory, safe to stop and run again.
+        Returns (rows checked, rows updated)."""
         checked = updated = 0
         after: tuple[str, str] = ("", "")
-        cols = [Task.__table__.c[c] for c in ("source", "id", "raw", *DERIVED)]
+        names = ["source", *dict.fromkeys([*JOINED, *DERIVED])]
+        cols = [Task.__table__.c[c] for c in names]
         while True:
             q = (
                 select(*cols)
@@ -433,23 +479,21 @@ class Store(Database):
                 .limit(batch)
             )
             with self.engine.connect() as conn:
-                rows = conn.execute(q).all()
+                rows = [row._mapping for row in conn.execute(q)]
             if not rows:
                 return checked, updated
             changes: list[dict[str, Any]] = []
             for row in rows:
-                source, tid, raw = row[0], row[1], row[2]
-                fp = fingerprint(raw, shapes.get(source, MJ))
-                rec = (
-                    build(source, fp, shapes.get(source, MJ)) if isinstance(fp, Fingerprint) else fp
-                )
+                shape = SHAPES[row["shape"] or "mj"]
+                fp = fingerprint(join(row), shape)
+                rec = build(row["source"], fp, shape) if isinstance(fp, Fingerprint) else fp
                 if isinstance(rec, Rejected):
                     continue
-                now = dict(zip(DERIVED, row[3:], strict=True))
                 new = {c: rec.row[c] for c in DERIVED}
-                if new != now:
+                if any(not _equal(new[c], row[c]) for c in DERIVED):
                     changes.append(
-                        {"_source": source, "_id": tid, **{f"_{c}": new[c] for c in new}}
+                        {"_source": row["source"], "_id": row["id"]}
+                        | {f"_{c}": new[c] for c in new}
                     )
             if changes:
                 stmt = (
@@ -461,21 +505,16 @@ class Store(Database):
                     conn.execute(stmt, changes)
             checked += len(rows)
             updated += len(changes)
-            after = (rows[-1][0], rows[-1][1])
+            after = (rows[-1]["source"], rows[-1]["id"])
             if progress:
                 progress(checked, updated)
 
     def walk_keys(self, source: str, ids: Sequence[str]) -> list[str]:
         """The walk keys of archived tasks: the `id` their server object carries (the task
         id itself, or for new-api the row id its list is ordered by)."""
-        keys: list[str] = []
         with self.engine.connect() as conn:
-            for chunk in _chunks(list(ids), 500):
-                q = select(Task.raw).where(Task.source == source, Task.id.in_(chunk))
-                for (raw,) in conn.execute(q):
-                    if isinstance(raw, dict) and raw.get("id") is not None:
-                        keys.append(str(raw["id"]))
-        return keys
+            objects = self._objects(conn, source, ids)
+        return [str(obj["id"]) for obj in objects.values() if obj.get("id") is not None]
 
     def remembered_api(self, source: str) -> str | None:
         """The family probing found for a source (`api = "auto"`), if remembered."""
@@ -630,6 +669,15 @@ def _upsert_statement(dialect: str) -> Any:
 def _same(stored: str, fp: Fingerprint) -> bool:
     """Whether a stored content hash matches a fingerprint (also a pre-xxh3 hash)."""
     return stored == fp.hash or (stored[:1] != "x" and stored == fp.legacy_hash())
+
+
+def _equal(a: Any, b: Any) -> bool:
+    """Stored and recomputed values alike, type for type (JSON: 1 and true differ)."""
+    if isinstance(a, dict | list) or isinstance(b, dict | list):
+        return orjson.dumps(a, option=orjson.OPT_SORT_KEYS) == orjson.dumps(
+            b, option=orjson.OPT_SORT_KEYS
+        )
+    return type(a) is type(b) and a == b
 
 
 def _chunks(items: Sequence[str], n: int) -> Iterable[Sequence[str]]:

@@ -5,6 +5,7 @@ behind by a test; and the coverage floor's one condition (below).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,10 @@ def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp
     monkeypatch.chdir(tmp_path)
     for var in ("TASKSYNC_CONFIG", "TASKSYNC_DATABASE_URL"):
         monkeypatch.delenv(var, raising=False)
+    root = logging.getLogger()
+    # The CLI points the root logger at this test's captured stderr: put it back afterwards.
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
 
     def go(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
         for k, v in (env or {}).items():

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import strategies as st
 from sqlalchemy import func, select
@@ -29,7 +30,7 @@ from sync import schema
 from sync.client import BY_IDS_MAX
 from sync.config import SourceSettings
 from sync.models import SyncRun, Task, TaskEvent
-from sync.records import SHAPES, Record, Rejected, build, fingerprint
+from sync.records import SHAPES, Record, Rejected, build, fingerprint, join
 from sync.simulator import Simulator
 from sync.store import Store
 
@@ -256,7 +257,7 @@ def archive(store: Store, source: str = "main") -> dict[str, dict[str, Any]]:
         rows = conn.execute(
             select(Task).where(Task.source == source).with_only_columns(*Task.__table__.c)
         ).mappings()
-        return {r["id"]: dict(r) for r in rows}
+        return {r["id"]: {**r, "json": join(r)} for r in rows}
 
 
 def assert_archive_equals_truth(store: Store, sim: Simulator, source: str = "main") -> None:
@@ -273,6 +274,14 @@ def assert_archive_equals_truth(store: Store, sim: Simulator, source: str = "mai
         row = got[tid]
         for col in COMPARED:
             assert row[col] == expected.row[col], (tid, col, row[col], expected.row[col])  # type: ignore[union-attr]
+        assert same_json(row["json"], fingerprint(task, SHAPES[sim.api.shape]).raw), tid  # type: ignore[union-attr]
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """The same JSON value, type for type and key for key (key order aside)."""
+    return bool(
+        orjson.dumps(a, option=orjson.OPT_SORT_KEYS) == orjson.dumps(b, option=orjson.OPT_SORT_KEYS)
+    )
 
 
 def count(store: Store, model: Any, **where: Any) -> int:

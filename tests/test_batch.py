@@ -12,7 +12,7 @@ from sync.batch import Binder, Built, prepare
 from sync.records import Fingerprint, Record, Rejected, build, fingerprint
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
-ORDER = ["id", "status", "submit_time", "properties", "raw", "first_seen_at", "gone_at"]
+ORDER = ["id", "status", "submit_time", "properties", "extra", "first_seen_at", "gone_at"]
 
 
 def task(tid: str = "1", **kw: Any) -> dict[str, Any]:
@@ -79,7 +79,7 @@ def test_prepare_build_rows_fills_built_in_the_binders_order() -> None:
                 "SUCCESS",
                 "2026-01-01 00:00:00.000000",
                 '{"finalPrompt":"a cat"}',
-                batch.records["1"].text,
+                None,
                 at,
                 None,
             ),
@@ -87,7 +87,7 @@ def test_prepare_build_rows_fills_built_in_the_binders_order() -> None:
         "2": Built(
             "FAILURE",
             "",
-            ("2", "FAILURE", "2026-01-01 00:00:00.000000", None, batch.records["2"].text, at, None),
+            ("2", "FAILURE", "2026-01-01 00:00:00.000000", None, None, at, None),
         ),
     }
 
@@ -157,7 +157,8 @@ def test_binder_params_without_order_is_every_column_by_name() -> None:
     assert params["start_time"] == "2026-01-01 00:00:01.500000"
     assert params["finish_time"] == "2026-01-01 00:01:01.500000"
     assert params["properties"] == '{"finalPrompt":"a cat"}' and params["buttons"] is None
-    assert params["raw"] == rec.raw_json
+    assert params["extra"] is None and params["shape"] is None  # every key as a column
+    assert params["absent"] == "prompt,promptEn,description,state,imageUrl,failReason"
     assert params["first_seen_at"] == params["last_seen_at"] == params["last_changed_at"] == "AT"
     assert params["gone_at"] is None
     assert set(params) == {*rec.row, "first_seen_at", "last_seen_at", "last_changed_at", "gone_at"}
@@ -166,7 +167,7 @@ def test_binder_params_without_order_is_every_column_by_name() -> None:
 def test_binder_params_follow_the_statements_order() -> None:
     """With an order: a tuple of exactly those values, in that order."""
     rec = record(task())
-    params = Binder("mysql", ["gone_at", "raw", "id", "submit_time", "last_seen_at"]).params(
+    params = Binder("mysql", ["gone_at", "extra", "id", "submit_time", "last_seen_at"]).params(
         rec, "AT"
     )
-    assert params == (None, rec.raw_json, "1", datetime(2026, 1, 1), "AT")
+    assert params == (None, None, "1", datetime(2026, 1, 1), "AT")

@@ -165,7 +165,7 @@ def test_newapi_pages_from_one_never_reads_page_one_twice(
     assert sim.page_log == [0, 1, 2, 3, 4]  # 0-based on the server's side: no page twice
     row = archive(sqlite_store)[sim.task_id(100)]
     served = sim.truth()[sim.task_id(100)]
-    assert row["raw"] == served and isinstance(row["buttons"], list)
+    assert row["json"] == served and isinstance(row["buttons"], list)
     assert row["properties"]["finalPrompt"] == sim.task(100)["properties"]["finalPrompt"]
     assert_archive_equals_truth(sqlite_store, sim)
 
@@ -240,7 +240,7 @@ def test_newapi_stuck_task_backs_off_so_syncs_stay_shallow(
 def test_newapi_unset_values_and_empty_status(
     sqlite_store: Store, serve: Callable[[Simulator], SimulatorServer]
 ) -> None:
-    """ "" and 0 stay in raw as sent and become NULL in typed time columns; a status of ""
+    """ "" and 0 stay in the object as sent and become NULL in typed time columns; a status of ""
     (a relay before its poll) counts as unfinished."""
     sim = Simulator(60, seed=38, api="newapi", unfinished_per_mille=0)
     sim.arrive(1)
@@ -249,7 +249,7 @@ def test_newapi_unset_values_and_empty_status(
         pipeline.backfill(sqlite_store, client, src)
     tid = sim.listing()[0]
     row = archive(sqlite_store)[tid]
-    raw = row["raw"]
+    raw = row["json"]
     assert raw["finish_time"] == 0 and row["finish_time"] is None
     assert raw["fail_reason"] == "" and row["fail_reason"] == ""
     assert tid in sqlite_store.unfinished_ids("main")
@@ -266,7 +266,7 @@ def test_trueai_cancel_stays_as_the_server_said(
         pipeline.backfill(sqlite_store, client, src)
     row = archive(sqlite_store)[sim.task_id(cancelled)]
     assert (row["status"], row["fail_reason"]) == ("FAILURE", "取消任务")
-    assert "displays" in row["raw"] and "useTime" in row["raw"]  # computed fields kept
+    assert "displays" in row["json"] and "useTime" in row["json"]  # computed fields kept
 
 
 def test_trueai_token_is_sent_verbatim(serve: Callable[[Simulator], SimulatorServer]) -> None:

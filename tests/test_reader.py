@@ -174,7 +174,7 @@ def test_nul_characters_are_replaced_on_thread_and_process_pages(
     rows = archive(store)
     for i in (1_499, 20):
         row = rows[sim.task_id(i)]
-        assert row["prompt"] == "nul\ufffdinside" and "\x00" not in str(row["raw"])
+        assert row["prompt"] == "nul\ufffdinside" and "\x00" not in str(row["json"])
         assert row["properties"] == {"k\ufffd": 1}
 
 

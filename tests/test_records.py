@@ -21,6 +21,7 @@ from sync.records import (
     epoch_ms,
     fingerprint,
     is_digits,
+    join,
     task_id,
 )
 
@@ -251,15 +252,15 @@ def test_build_rejects_status_or_action_over_64(field: str) -> None:
 
 
 def test_build_passes_properties_and_buttons_through() -> None:
-    """properties and buttons are kept as the server sent them; raw is the whole task."""
+    """properties and buttons are kept as the server sent them; nothing is left over."""
     obj = task()
     fp = fp_of(obj)
     rec = build("main", fp)
     assert isinstance(rec, Record)
     assert rec.row["properties"] == {"finalPrompt": "a cat"}
     assert rec.row["buttons"] == obj["buttons"]
-    assert rec.row["raw"] == obj and rec.row["content_hash"] == fp.hash
-    assert rec.raw_json == fp.text
+    assert rec.row["extra"] is None and rec.row["content_hash"] == fp.hash
+    assert join(rec.row) == obj
     assert (rec.row["source"], rec.row["id"]) == ("main", obj["id"])
 
 

@@ -1,6 +1,7 @@
-"""Re-deriving columns from the stored JSON: a fix to how columns are read reaches tasks
+"""Re-deriving columns from the stored object: a fix to how columns are read reaches tasks
 archived before it (their JSON and content hash did not change, so no sync ever rewrites
-them), through revision 0008 for this session's fix and `db rederive` for the next one."""
+them), through revision 0008 for this session's fix and `db rederive` for the next one. The
+object itself (columns + `extra`) comes back the same before and after."""
 
 from __future__ import annotations
 
@@ -58,18 +59,19 @@ def test_rederive_rewrites_only_rows_whose_columns_differ(store: Store) -> None:
     before = archive(store)
     _as_archived_before(store, "1")
     assert archive(store)["1"]["submit_time"].year == 1970
-    checked, updated = store.rederive({})
+    checked, updated = store.rederive()
     assert (checked, updated) == (2, 1)
     after = archive(store)
     assert after == before
     assert after["1"]["submit_time"] == datetime(2026, 1, 1, tzinfo=UTC)
     assert (after["1"]["queue_ms"], after["1"]["run_ms"]) == (2000, 60000)
-    assert store.rederive({}) == (2, 0)
+    assert store.rederive() == (2, 0)
     assert count(store, TaskEvent) == 2
 
 
-def test_rederive_uses_each_sources_shape(store: Store) -> None:
-    """A new-api row read with the wrong shape gets its columns from the right one."""
+def test_rederive_reads_each_row_in_its_own_shape(store: Store) -> None:
+    """A new-api row is rebuilt as a new-api object (its `shape`), so its columns come out
+    right; read as a Midjourney-proxy object it would have lost its prompt and times."""
     row = {
         "id": 9,
         "mj_id": "t1",
@@ -78,29 +80,31 @@ def test_rederive_uses_each_sources_shape(store: Store) -> None:
         "prompt": "a fox",
         "prompt_en": "",
         "submit_time": SUBMIT_S * 1000,
-        "start_time": 0,
+        "start_time": SUBMIT_S * 1000 + 1500,
         "finish_time": 0,
         "properties": '{"finalPrompt": "a fox --v 6"}',
         "buttons": "[]",
     }
     store.save(store.prepare("relay", [row], NOW, shape=NEWAPI), None)
+    before = archive(store, "relay")["t1"]
     with store.engine.begin() as conn:
-        conn.execute(update(Task).where(Task.id == "t1").values(prompt=None, properties=None))
-    assert store.rederive({"relay": NEWAPI}) == (1, 1)
+        conn.execute(update(Task).where(Task.id == "t1").values(queue_ms=None))
+    assert store.rederive() == (1, 1)
     got = archive(store, "relay")["t1"]
-    assert got["prompt"] == "a fox" and got["properties"] == {"finalPrompt": "a fox --v 6"}
+    assert got == before and got["queue_ms"] == 1500 and got["json"] == row
 
 
 def test_revision_0008_fixes_times_sent_in_seconds(store: Store) -> None:
     """Upgrading an archive written before this fix re-derives its 1970 times."""
-    schema.downgrade(store, "0007")
     store.save(store.prepare("main", [task("1"), task("2", submitTime=SUBMIT_S * 1000)], NOW), None)
+    schema.downgrade(store, "0007")  # the layout of then: `raw` holds each object
     _as_archived_before(store, "1")
     schema.upgrade(store)
     rows = archive(store)
     assert rows["1"]["submit_time"] == datetime(2026, 1, 1, tzinfo=UTC)
     assert rows["1"]["total_ms"] == 62_000
     assert rows["2"]["submit_time"] == datetime(2026, 1, 1, tzinfo=UTC)
+    assert rows["1"]["json"] == task("1")
 
 
 def test_db_rederive_command(run: Run, sqlite_store: Store) -> None:

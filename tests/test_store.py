@@ -59,7 +59,7 @@ def test_store_converts_times_and_derives_durations(store: Store) -> None:
     assert row["start_time"] == datetime(2026, 1, 1, 0, 0, 1, 500_000, tzinfo=UTC)
     assert (row["queue_ms"], row["run_ms"], row["total_ms"]) == (1500, 60_000, 61_500)
     assert row["first_seen_at"] == row["last_seen_at"] == row["last_changed_at"] == NOW
-    assert row["buttons"][0]["label"] == "U1" and row["raw"]["prompt"] == "a cat"
+    assert row["buttons"][0]["label"] == "U1" and row["json"]["prompt"] == "a cat"
 
 
 @pytest.mark.parametrize("unset", [None, 0, "0", "junk"])
@@ -152,7 +152,7 @@ def test_store_survives_hostile_fields(store: Store, obj: dict[str, Any], prompt
     assert (res.inserted, res.rejected) == (1, 0)
     row = archive(store)["1767225600000001"]
     assert row["prompt"] == prompt
-    assert "\x00" not in str(row["raw"])
+    assert "\x00" not in str(row["json"])
     again = save(store, "main", [obj], None, NOW)
     assert again.unchanged == 1
 
