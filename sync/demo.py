@@ -11,7 +11,8 @@ from sync import pipeline, schema
 from sync.client import connect
 from sync.config import SourceSettings
 from sync.console import ProgressDisplay
-from sync.report import failure_rate_by_day, status_history, timings_by_action_day
+from sync.report import ALL, build_report, status_history
+from sync.report_html import render_html
 from sync.simulator import Simulator, SimulatorServer
 from sync.store import Store
 
@@ -56,21 +57,26 @@ def run_demo(path: Path, tasks: int, api: str = "plus") -> None:
                     f"sync: {again.inserted} new, {again.changed} changed, "
                     f"{again.requests} requests, {again.duration_s:.2f}s"
                 )
-        rows = [r for r in timings_by_action_day(store, "demo") if r["tasks_timed"]]
-        last_day = max(r["day"] for r in rows)
-        click.echo(f"\nMedian queue and run time on {last_day}, by action:")
-        for r in rows:
-            if r["day"] == last_day:
+        report = build_report(store, source="demo")
+        last_day = max(r.period for r in report.rows if r.action != ALL and r.run.n)
+        click.echo(f"\nMedian queue and run time on {last_day} (UTC), by action:")
+        for r in report.rows:
+            if r.period == last_day and r.action != ALL and r.run.n:
+                queue, run = (r.queue.p50 or 0) / 1000, (r.run.p50 or 0) / 1000
                 click.echo(
-                    f"  {r['day']} {r['action']:<10} {r['tasks_timed']:>4} tasks  "
-                    f"queue {r['median_queue_s']:>5}s  run {r['median_run_s']:>5}s"
+                    f"  {r.period} {r.action:<10} {r.run.n:>4} tasks  "
+                    f"queue {queue:>5.1f}s  run {run:>5.1f}s"
                 )
         click.echo("\nFailure rate, last 5 days:")
-        for r in [r for r in failure_rate_by_day(store, "demo") if r["finished"]][-5:]:
+        days = [r for r in report.rows if r.action == ALL and r.succeeded + r.failed + r.cancelled]
+        for r in days[-5:]:
+            finished = r.succeeded + r.failed + r.cancelled
             click.echo(
-                f"  {r['day']}  {r['failed']:>3} of {r['finished']:>4} failed "
-                f"({r['failure_rate_pct']}%)"
+                f"  {r.period}  {r.failed:>3} of {finished:>4} failed "
+                f"({100 * r.failed / finished:.1f}%)"
             )
+        html = path.with_suffix(".html")
+        html.write_text(render_html(report), encoding="utf-8")
         tid = sim.task_id(watched)
         click.echo(f"\nStatus history of task {tid}:")
         for e in status_history(store, "demo", tid):
@@ -80,6 +86,6 @@ def run_demo(path: Path, tasks: int, api: str = "plus") -> None:
             )
         store.dispose()
     click.echo(
-        f"\ndone in {time.monotonic() - t0:.1f}s. Explore: "
+        f"\ndone in {time.monotonic() - t0:.1f}s. Charts: {html}. Explore: "
         f'tasksync --db sqlite:///{path} query "SELECT * FROM daily_stats LIMIT 5"'
     )
