@@ -67,3 +67,19 @@ def test_readme_queries_run(store: Store) -> None:
             if "SUBMITTED" in sql or "failure_pct" in sql:
                 assert rows, f"no rows from:\n{sql}"
     assert ran >= 4
+
+
+def test_every_subpackage_is_installed() -> None:
+    """A package folder missing from pyproject's list works from the checkout, fails installed."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for init in (ROOT / "sync").rglob("__init__.py")
+        if "__pycache__" not in init.parts
+    }
+    assert found, "no packages found under sync/"
+    assert found - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"
