@@ -228,9 +228,9 @@ def job_tasksync(kind: str, base: str, tasks: int, tmp: str, again: bool) -> dic
     )
     with Client(src) as client:
         if again:
-            pipeline.backfill(store, client, src)
+            pipeline.backfill(store, client, src, fetch_process=True)
         t0 = time.perf_counter()
-        report = pipeline.backfill(store, client, src)
+        report = pipeline.backfill(store, client, src, fetch_process=True)  # as the CLI does
         seconds = time.perf_counter() - t0
     size = schema.archive_bytes(store)
     store.dispose()

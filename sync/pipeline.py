@@ -203,6 +203,7 @@ def incremental(
             run.head_pass()
         else:
             # No list-by-condition: read on down to the oldest unfinished task that is due.
+            run.moved = set()
             run.head_pass(down_to=_oldest_key(store, src, due, run.seen))
         run.recheck(due, family.guarantees.by_ids)
 
@@ -311,7 +312,9 @@ class _Run:
         self.store, self.client, self.src, self.clock = store, client, src, clock
         self.report, self.stop, self.dry_run = report, stop, dry_run
         self.seen: set[str] = set()
-        self.moved: set[str] = set()  # seen new, changed or returned in this run
+        # Tasks seen new, changed or returned: kept only by a sync that re-checks unfinished
+        # tasks on its pages (no list-by-condition); a walk of millions keeps no such set.
+        self.moved: set[str] | None = None
 
     def save(self, tasks: Sequence[Any]) -> SaveResult:
         """Save tasks not already handled in this run (so dry-run counts are not doubled)."""
@@ -321,7 +324,8 @@ class _Run:
         res = self.store.save(batch, self.report.run_id, dry_run=self.dry_run)
         self.report.add(res)
         self.seen.update(res.statuses)
-        self.moved.update(res.moved)
+        if self.moved is not None:
+            self.moved.update(res.moved)
         return res
 
     def walk(
@@ -365,8 +369,8 @@ class _Run:
                 report.pages += 1
                 report.add(res)
                 pages.saw(res)
-                self.seen.update(page.ids)
-                self.moved.update(res.moved)
+                if not checkpoint:  # a sweep: what it saw decides what is gone
+                    self.seen.update(page.ids)
                 if progress:
                     progress(report.pages, report.tasks_seen, page.total)
                 _check(self.stop)
@@ -422,8 +426,9 @@ class _Run:
         pending = [i for i in due if i not in self.seen]
         missed = 0
         if not by_ids:
-            stuck = [i for i in due if i in self.seen and i not in self.moved]
-            back = [i for i in due if i in self.moved and due[i]]
+            moved = self.moved or set()
+            stuck = [i for i in due if i in self.seen and i not in moved]
+            back = [i for i in due if i in moved and due[i]]
             missing = pending + stuck
             if (missing or back) and not self.dry_run:
                 store.note_rechecks(src.name, back, missing, self.clock())
