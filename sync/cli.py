@@ -408,6 +408,52 @@ def status(app: App, no_server: bool) -> None:
         click.echo(line)
 
 
+@cli.group()
+def images() -> None:
+    """Archive task pictures and videos before their links expire ([images] in the config)."""
+
+
+@images.command("fetch")
+@click.option("--source", "name", help="Only this source (default: every configured source).")
+@click.option("--limit", type=click.IntRange(min=1), help="Try at most this many files.")
+@pass_app
+def images_fetch(app: App, name: str | None, limit: int | None) -> None:
+    """Find new links in archived tasks, then fetch what is due, soonest-expiring first."""
+    from sync import images as img
+
+    settings = app.settings
+    sources = [(s.name, s.base_url) for s in settings.source(name)]
+    store = app.store()
+    with ProgressDisplay("images", unit="files") as progress:
+        report = img.run(
+            store,
+            settings.images,
+            sources,
+            limit=limit,
+            progress=lambda batches, done, total: progress(batches, done, total),
+        )
+    click.echo(report.line())
+
+
+@images.command("verify")
+@pass_app
+def images_verify(app: App) -> None:
+    """Re-hash every fetched file; exit 1 when one is missing or corrupted."""
+    from sync import images as img
+
+    result = img.verify(app.store(), app.settings.images)
+    for path in result.missing:
+        click.echo(f"missing:   {path}")
+    for path in result.corrupted:
+        click.echo(f"corrupted: {path}")
+    click.echo(
+        f"{result.ok} files intact, {len(result.missing)} missing, "
+        f"{len(result.corrupted)} corrupted (in {app.settings.images.dir})"
+    )
+    if result.missing or result.corrupted:
+        raise SystemExit(1)
+
+
 DATE = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
 
 
@@ -555,6 +601,9 @@ def config_check(app: App) -> None:
 )
 @click.option("--nested", is_flag=True, help="Answer with the nested Spring page shape.")
 @click.option(
+    "--images", "with_images", is_flag=True, help="Finished tasks link to pictures served here."
+)
+@click.option(
     "--api",
     type=click.Choice(["plus", "trueai", "novicezk", "newapi", "ids"]),
     default="plus",
@@ -572,6 +621,7 @@ def simulate(
     expiries: float,
     faults: str,
     nested: bool,
+    with_images: bool,
     api: str,
 ) -> None:
     """Run the built-in simulator alone, to point a config at."""
@@ -596,6 +646,7 @@ def simulate(
         faults=plan,
         nested=nested,
         api=api,
+        images=with_images,
     )
     try:
         server = SimulatorServer(sim, host, port).start()

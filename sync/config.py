@@ -283,23 +283,61 @@ class ScheduleSettings(_Strict):
     timezone: str = "UTC"
     every: str | None = None
     sweep_every: str | None = None
+    images: str = "*/5 * * * *"
+    images_every: str | None = None
     run_at_start: bool = Field(default=True, strict=True)
     misfire_grace_s: int = _int(300, ge=1)
     shutdown_timeout_s: float = _float(30.0, gt=0, le=3600)
 
     _tz = field_validator("timezone")(check_timezone)
 
-    @field_validator("sync", "sweep")
+    @field_validator("sync", "sweep", "images")
     @classmethod
     def _cron(cls, v: str) -> str:
         return check_cron(v)
 
-    @field_validator("every", "sweep_every")
+    @field_validator("every", "sweep_every", "images_every")
     @classmethod
     def _interval(cls, v: str | None) -> str | None:
         if v is not None and (not INTERVAL_RE.match(v) or interval_seconds(v) == 0):
             raise ValueError("an interval like '30s', '5m' or '1h'")
         return v
+
+
+Role = Literal["image", "grid", "video", "thumbnail"]
+ROLES: tuple[Role, ...] = ("image", "grid", "video", "thumbnail")
+
+
+class ImagesSettings(_Strict):
+    """`[images]`: archive the pictures (and videos) of tasks before their links expire."""
+
+    enabled: bool = Field(default=False, strict=True)
+    dir: Path = Path("tasksync-images")
+    statuses: list[str] = ["SUCCESS"]
+    roles: list[Role] = list(ROLES)
+    max_mb: float = _float(64.0, gt=0, le=4096)
+    concurrency: int = _int(4, ge=1, le=64)
+    max_requests_per_second: float = _float(10.0, gt=0, le=10_000)
+    timeout_s: float = _float(60.0, gt=0, le=3600)
+    max_attempts: int = _int(5, ge=1, le=100)
+    max_redirects: int = _int(5, ge=0, le=20)
+    allow_hosts: list[str] = []
+
+    @field_validator("statuses")
+    @classmethod
+    def _some_status(cls, v: list[str]) -> list[str]:
+        if not v or any(not s.strip() for s in v):
+            raise ValueError('a list of task statuses, such as ["SUCCESS"]')
+        return v
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        for host in v:
+            bare = host.strip("[]")
+            if not bare or any(c in bare for c in "/@ \t") or bare.count(":") == 1:
+                raise ValueError(f"{host!r}: a host name or address without a port or path")
+        return [h.strip("[]").lower() for h in v]
 
 
 class MetricsSettings(_Strict):
@@ -313,6 +351,7 @@ class Settings(_Strict):
     schedule: ScheduleSettings = ScheduleSettings()
     metrics: MetricsSettings = MetricsSettings()
     query: QuerySettings = QuerySettings()
+    images: ImagesSettings = ImagesSettings()
     path: Path | None = Field(default=None, exclude=True)
 
     @field_validator("sources")
@@ -396,7 +435,11 @@ def load(
         raise ConfigError(_describe(exc, where)) from None
     for src in settings.sources:
         src.check_token_if_present()
-    return settings.model_copy(update={"path": path})
+    images = settings.images
+    if path is not None and not images.dir.is_absolute():
+        # Relative to the config file, not to wherever the daemon happens to start.
+        images = images.model_copy(update={"dir": path.parent / images.dir})
+    return settings.model_copy(update={"path": path, "images": images})
 
 
 def redacted_url(url: str) -> str:

@@ -94,8 +94,9 @@ def log_run(report: RunReport) -> None:
 class ProgressDisplay:
     """A rich progress bar on a terminal; a plain log line every few seconds otherwise."""
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, unit: str = "tasks") -> None:
         self.label = label
+        self.unit = unit
         self.tty = sys.stderr.isatty()
         self.bar: Any = None
         self.last_log = 0.0
@@ -115,7 +116,7 @@ class ProgressDisplay:
                 TextColumn("{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("tasks · {task.fields[pages]} pages"),
+                TextColumn(f"{self.unit} · {{task.fields[pages]}} pages"),
                 TimeElapsedColumn(),
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
@@ -133,7 +134,7 @@ class ProgressDisplay:
         if now - self.last_log >= 5 or pages == 1:
             self.last_log = now
             of = f" of about {total}" if total is not None else ""
-            log.info("%s: %d pages, %d tasks%s", self.label, pages, tasks, of)
+            log.info("%s: %d pages, %d %s%s", self.label, pages, tasks, self.unit, of)
 
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:

@@ -13,8 +13,17 @@ TABLES: dict[str, str] = {
     "sync_runs": "Every backfill, sync and sweep, with its counts and outcome.",
     "task_timings": "View: one row per task with its UTC day, queue, run and total time (ms).",
     "daily_stats": "View: per source, UTC day and action, tasks by outcome and mean times (ms).",
+    "task_images": "Pictures and videos of tasks: link, state, and the fetched file's hash, "
+    "size, type and dimensions (`path` is relative to the images folder).",
 }
-HIDDEN = ("alembic_version", "sync_checkpoints", "sync_leases", "source_apis", "task_rechecks")
+HIDDEN = (
+    "alembic_version",
+    "sync_checkpoints",
+    "sync_leases",
+    "source_apis",
+    "task_rechecks",
+    "image_scans",
+)
 QUERIES: dict[str, dict[str, str]] = {
     "failure_rate_by_day": {
         "title": "Failure rate by day",

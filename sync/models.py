@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -215,3 +216,55 @@ class SourceApi(Base):
     api: Mapped[str] = mapped_column(String(16))
     evidence: Mapped[str] = mapped_column(String(255))
     detected_at: Mapped[datetime]
+
+
+IMAGE_STATES = ("pending", "fetched", "failed", "expired")
+
+
+class TaskImage(Base):
+    """One picture or video of a task (a slot: source, task, role, position), its link, and
+    what fetching it did: the file's hash, size, type and dimensions once fetched; attempts
+    and the last error until then. `state`: pending, fetched, failed (given up) or expired
+    (the link's own expiry passed and the one try after it failed)."""
+
+    __tablename__ = "task_images"
+    __table_args__ = (
+        UniqueConstraint("source", "task_id", "role", "position"),
+        # The fetch queue: pending slots, soonest-expiring first.
+        Index("ix_task_images_state_url_expires_at", "state", "url_expires_at"),
+        # status: counts and bytes per source and state.
+        Index("ix_task_images_source_state", "source", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(EventId, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(64))
+    task_id: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16))
+    position: Mapped[int] = mapped_column(Integer)
+    url: Mapped[str] = mapped_column(LongText)
+    url_expires_at: Mapped[datetime | None]
+    submitted_at: Mapped[datetime | None]
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer)
+    next_try_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    bytes: Mapped[int | None] = mapped_column(BigInteger)
+    content_type: Mapped[str | None] = mapped_column(String(64))
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    path: Mapped[str | None] = mapped_column(String(255))
+    fetched_at: Mapped[datetime | None]
+    discovered_at: Mapped[datetime]
+
+
+class ImageScan(Base):
+    """How far the image job has looked for new image links: tasks that changed at or after
+    `changed_since` are looked at again (an hour's overlap, so a sync committing late is not
+    missed)."""
+
+    __tablename__ = "image_scans"
+
+    source: Mapped[str] = mapped_column(String(64), primary_key=True)
+    changed_since: Mapped[datetime]
+    scanned_at: Mapped[datetime]

@@ -76,6 +76,8 @@ class Report:
     # heat[source][weekday][hour], weekday 0 = Monday, in the report's time zone
     heat: dict[str, list[list[int]]] = field(default_factory=dict)
     undated: int = 0  # tasks without a submit time: in no period
+    # images[source]: the image job's slots per state and bytes on disk (when it has any)
+    images: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def sources(self) -> list[str]:
@@ -273,6 +275,10 @@ def build_report(
         report.other_reasons[src] = sum(counter.values()) - sum(n for _r, n in top)
     if since is None and until is None:
         report.undated = undated_count(store, source)
+    for src in report.sources:
+        counts = store.images.counts(src)
+        if any(counts[k] for k in ("fetched", "pending", "failed", "expired")):
+            report.images[src] = counts
     return report
 
 
@@ -361,6 +367,7 @@ def as_json(report: Report) -> dict[str, Any]:
         },
         "by_weekday_and_hour": report.heat,
         "undated_tasks": report.undated,
+        "images": report.images,
     }
 
 
@@ -397,6 +404,13 @@ def as_lines(report: Report) -> Iterator[str]:
                 yield f"  {n:>7}  {text}"
             if report.other_reasons.get(src):
                 yield f"  {report.other_reasons[src]:>7}  (other reasons)"
+        im = report.images.get(src)
+        if im:
+            yield ""
+            yield (
+                f"images (all time): {im['fetched']} fetched ({im['bytes'] / 1e6:,.1f} MB on "
+                f"disk), {im['pending']} pending, {im['failed']} failed, {im['expired']} expired"
+            )
         heat = report.heat.get(src)
         if heat:
             yield ""

@@ -302,6 +302,16 @@ def _detail(r: Row) -> list[Any]:
     ]
 
 
+def _images(counts: dict[str, int] | None) -> str:
+    if not counts:
+        return ""
+    return (
+        f'<p class="note">Images (all time): {counts["fetched"]} fetched '
+        f"({counts['bytes'] / 1e6:,.1f} MB on disk), {counts['pending']} pending, "
+        f"{counts['failed']} failed, {counts['expired']} expired.</p>"
+    )
+
+
 def _span(report: Report) -> str:
     ends = [f"{t:%Y-%m-%d %H:%M} UTC" for t in (report.since, report.until) if t is not None]
     if not ends:
@@ -342,6 +352,7 @@ def render_html(report: Report) -> str:
                 reasons_chart(reasons, report.other_reasons.get(source, 0)),
             ),
             _figure(f"Tasks by weekday and hour ({report.tz})", heat_chart(heat, report.tz)),
+            _images(report.images.get(source)),
             f"<h3>Per {by} and action</h3>",
             _table(
                 DETAIL_HEAD,

@@ -3,6 +3,7 @@
 One job per source for the incremental sync and one for the sweep, from cron expressions (or
 an interval), with max_instances=1, coalesce=True and an explicit misfire grace time. Each job
 calls the pipeline; the database lock in the pipeline keeps other processes and hosts out.
+With `[images] enabled`, one more job fetches task pictures on its own schedule.
 
 Inside one daemon the runs of a source take turns (`Turns`) instead of meeting that lock: a
 sweep that falls due while a sync of its source runs is started as soon as that run ends (or
@@ -105,7 +106,7 @@ class Daemon:
             self.tz = ZoneInfo(sched.timezone)
         except (ZoneInfoNotFoundError, ValueError):
             raise ConfigError(f"schedule.timezone: unknown time zone {sched.timezone!r}") from None
-        workers = max(2, 2 * len(settings.sources))
+        workers = max(2, 2 * len(settings.sources)) + (1 if settings.images.enabled else 0)
         self.scheduler = BlockingScheduler(
             timezone=self.tz, executors={"default": ThreadPoolExecutor(workers)}
         )
@@ -136,6 +137,18 @@ class Daemon:
                 args=[src, "sweep"],
                 id=f"{src.name}:sweep",
                 **{**common, "max_instances": 2},
+            )
+        if settings.images.enabled:
+            # Its own job and thread, apart from the sources' turns: fetching pictures never
+            # holds up a sync, and a slow image host only delays the next images run.
+            self.scheduler.add_job(
+                self._images,
+                trigger(sched.images, sched.images_every, self.tz),
+                id="images",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=sched.misfire_grace_s,
+                replace_existing=True,
             )
 
     def _crashed(self, event: JobExecutionEvent) -> None:
@@ -238,6 +251,28 @@ class Daemon:
                 "source %s %s failed unexpectedly: %s: %s", src.name, kind, type(exc).__name__, exc
             )
             self.metrics.failed(src.name, kind, "failed")
+
+    def _images(self) -> None:
+        """One run of the image job over every source."""
+        if self.stop.is_set():
+            return
+        from sync import images
+
+        with self.idle:
+            self.active += 1
+        try:
+            report = images.run(
+                self.store, self.settings.images, images.sources_of(self.settings), stop=self.stop
+            )
+            log.info("%s", report.line())
+        except TasksyncError as exc:
+            log.error("images failed: %s", exc)
+        except Exception as exc:  # a bug must not stop the daemon either
+            log.error("images failed unexpectedly: %s: %s", type(exc).__name__, exc)
+        finally:
+            with self.idle:
+                self.active -= 1
+                self.idle.notify_all()
 
     def _signal(self, signum: int, _frame: Any) -> None:
         log.info(

@@ -136,7 +136,14 @@ def grant_reader(
     return sql
 
 
-ARCHIVE_TABLES = ("tasks", "task_events", "sync_runs", "sync_checkpoints", "sync_leases")
+ARCHIVE_TABLES = (
+    "tasks",
+    "task_events",
+    "sync_runs",
+    "sync_checkpoints",
+    "sync_leases",
+    "task_images",
+)
 SQLITE_PAGE = 8192  # engine.py gives new files this page size; `vacuum` moves old ones to it
 
 

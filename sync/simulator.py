@@ -28,6 +28,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
+from sync.simulator_images import ImageFaults, Images
+
 ACTIONS = (
     ["IMAGINE"] * 5
     + ["UPSCALE"] * 3
@@ -63,6 +65,7 @@ FAIL_REASONS = [
     "Create task error",
 ]
 T0_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+IMAGE_PATHS = ("/attachments/", "/redirect")
 GAP_MS = 7_000
 
 
@@ -113,6 +116,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     drop: bool = False
+    length: int | None = None  # a Content-Length other than the body's: a reply cut short
 
 
 class Simulator:
@@ -143,6 +147,10 @@ class Simulator:
         newapi_old: bool = False,
         trueai_demo: bool = False,
         trueai_admin: bool = True,
+        images: bool = False,
+        image_ttl_s: int = 86_400,
+        expired_per_mille: int = 0,
+        image_faults: ImageFaults | None = None,
     ) -> None:
         """A server listing `tasks` tasks (indexes 0..tasks-1, oldest first).
 
@@ -176,6 +184,10 @@ class Simulator:
 
         Both modes may be combined. With none of the time-driven arguments given the
         simulator behaves exactly as before they existed.
+
+        `images`: finished tasks link to pictures (and some to a grid and a video) that this
+        simulator serves, at signed links expiring `image_ttl_s` after its start, or already
+        expired for `expired_per_mille` of them, with `image_faults` (sync.simulator_images).
         """
         if min(arrivals_per_s, updates_per_s) < 0 or not 0.0 <= stuck_share <= 1.0:
             raise ValueError("rates must be >= 0 and stuck_share within 0..1")
@@ -184,6 +196,17 @@ class Simulator:
         from sync.simulator_apis import APIS
 
         self.api = APIS[api]()  # which family it answers as (sync.simulator_apis)
+        self.images = (
+            Images(
+                self,
+                ttl_s=image_ttl_s,
+                expired_per_mille=expired_per_mille,
+                faults=image_faults,
+                seed=seed,
+            )
+            if images
+            else None
+        )
         self.newapi_user = newapi_user
         self.newapi_old = newapi_old
         self.trueai_demo = trueai_demo
@@ -316,6 +339,8 @@ class Simulator:
                 progress="100%",
                 imageUrl=f"https://cdn.example.com/attachments/{tid}/grid_0.png",
             )
+            if self.images is not None:
+                self.images.add(task, i, h, action)
             if action in ("IMAGINE", "VARIATION", "ZOOM", "PAN"):
                 task["buttons"] = [
                     {
@@ -460,8 +485,11 @@ class Simulator:
                         progress="100%",
                         imageUrl=f"https://cdn.example.com/attachments/{t['id']}/final.png",
                     )
+                    if self.images is not None:
+                        self.images.add(t, i, h, t["action"])
             else:  # finished tasks still change: a storage copy of the image, a seed
-                t["imageUrl"] = f"https://oss.example.com/{t['id']}.png?v={now}"
+                if self.images is None:
+                    t["imageUrl"] = f"https://oss.example.com/{t['id']}.png?v={now}"
                 t["properties"]["imageSeed"] = str(h)
             self.overrides[i] = t
 
@@ -571,6 +599,8 @@ class Simulator:
         MockTransport). `target` is the path with its query string."""
         parts = urlsplit(target)
         path, query = parts.path, dict(parse_qsl(parts.query))
+        if self.images is not None and method == "GET" and path.startswith(IMAGE_PATHS):
+            return self.images.handle(target, headers)  # the CDN: no API token, no API faults
         with self.lock:
             self.requests += 1
             self.paths.append((method, path))
@@ -684,11 +714,13 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.send_response(reply.status)
         self.send_header("Content-Type", reply.content_type)
-        self.send_header("Content-Length", str(len(reply.body)))
+        self.send_header("Content-Length", str(reply.length or len(reply.body)))
         for k, v in reply.headers.items():
             self.send_header(k, v)
         self.end_headers()
         self.wfile.write(reply.body)
+        if reply.length is not None:
+            self.close_connection = True  # and the rest never comes
 
     do_POST = _serve
     do_GET = _serve
@@ -711,6 +743,8 @@ class SimulatorServer:
         self.sim = sim
         self.httpd = _Server((host, port), handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        if sim.images is not None:  # its links point here
+            sim.images.base = self.url
 
     @property
     def url(self) -> str:

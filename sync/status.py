@@ -1,5 +1,6 @@
 """`tasksync status`: per source, the archive's counts, the last run of each kind, the last
-error, and how far the archive lags its server (one request for the server's newest task)."""
+error, how far the archive lags its server (one request for the server's newest task), and
+the image job's counts."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ class SourceStatus:
     newest_archived: datetime | None = None
     server_newest: datetime | None = None
     server_note: str = ""  # why the server's newest is not known
+    images: dict[str, int] = field(default_factory=dict)  # slots per state, and bytes
 
     @property
     def lag(self) -> timedelta | None:
@@ -99,6 +101,8 @@ def gather(store: Store, names: list[str] | None) -> list[SourceStatus]:
             if err is not None:
                 st.last_error = (err[0], err[1] or "")
             out.append(st)
+    for st in out:
+        st.images = store.images.counts(st.name)
     return out
 
 
@@ -172,4 +176,10 @@ def render(statuses: list[SourceStatus], now: datetime) -> list[str]:
         else:
             note = f" (server: {st.server_note})" if st.server_note else ""
             out.append(f"  newest task  archived {newest}{note}")
+        im = st.images
+        if any(im.get(k) for k in ("fetched", "pending", "failed", "expired")):
+            out.append(
+                f"  images       {im['fetched']} fetched ({im['bytes'] / 1e6:,.1f} MB on disk), "
+                f"{im['pending']} pending, {im['failed']} failed, {im['expired']} expired"
+            )
     return out

@@ -23,6 +23,7 @@ from sync import locks
 from sync.batch import Binder, Built, Prepared, json_or_none, prepare
 from sync.engine import Database, scrub
 from sync.errors import MassGoneRefused, printable
+from sync.image_store import ImageStore
 from sync.models import (
     Checkpoint,
     Recheck,
@@ -91,6 +92,7 @@ class Store(Database):
         self.binder = Binder(self.dialect, order)
         self._ts = self.binder.ts
         self._event_sql = self._compile(insert(TaskEvent).values({c: None for c in EVENT_COLUMNS}))
+        self.images = ImageStore(self)  # task_images: the image job's side of the archive
 
     def lock(
         self, source: str, now: datetime | None = None

@@ -6,18 +6,25 @@ request alive forever, and a 300 KB gzip body can inflate to 300 MB in memory. H
 * every socket connect, read and write of a request waits at most until that request's
   deadline (`Deadline`, per thread), through a network backend under httpx's connection pool;
 * a reply is read raw and decompressed by `read_capped` with zlib's `max_length`, so no more
-  than the cap plus one chunk is ever held, whatever the compression ratio.
+  than the cap plus one chunk is ever held, whatever the compression ratio;
+* for links taken from tasks (images), an address policy (`public_only`) at the same socket
+  layer: the host is resolved here and the connection made to the very address that was
+  checked, for the first request and for every redirect, so neither a redirect nor a DNS
+  answer that changes between check and use reaches a private address.
 
 Only `sync.client` uses this module; neither knows anything about databases.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import ipaddress
+import socket
 import ssl
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import httpcore
@@ -77,10 +84,54 @@ class _Stream(httpcore.NetworkStream):
         return self._inner.get_extra_info(info)
 
 
+class AddressRefused(Exception):
+    """A link's host is, or resolves to, an address the policy refuses."""
+
+
+# (host, port, timeout) -> the address to connect to, or raise
+Policy = Callable[[str, int, float | None], str]
+_RESOLVER = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="tasksync-dns")
+
+
+def public_only(allow_hosts: Iterable[str] = ()) -> Policy:
+    """Resolve the host and connect only when every address it has is public (not loopback,
+    private, link-local, multicast, reserved or otherwise not globally routable); hosts in
+    `allow_hosts` (names or addresses, as written in the link) are exempt."""
+    exempt = {h.lower() for h in allow_hosts}
+
+    def check(host: str, port: int, timeout: float | None = None) -> str:
+        name = host.strip("[]").lower()
+        # getaddrinfo has no timeout of its own: it runs aside, waited for at most `timeout`.
+        job = _RESOLVER.submit(socket.getaddrinfo, name, port, type=socket.SOCK_STREAM)
+        try:
+            infos = job.result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            raise httpcore.ConnectTimeout(f"resolving {name} took too long") from None
+        except (OSError, UnicodeError) as exc:
+            raise httpcore.ConnectError(f"cannot resolve {name}: {exc}") from None
+        addresses = [str(info[4][0]) for info in infos]
+        if name in exempt:
+            return addresses[0]
+        for text in addresses:
+            ip = ipaddress.ip_address(text.split("%", 1)[0])
+            mapped = getattr(ip, "ipv4_mapped", None)
+            if mapped is not None:
+                ip = mapped
+            if not ip.is_global or ip.is_multicast:
+                raise AddressRefused(
+                    f"{name} is {ip}, not a public address (allow it with "
+                    "[images] allow_hosts if it is yours)"
+                )
+        return addresses[0]
+
+    return check
+
+
 class _Backend(httpcore.NetworkBackend):
-    def __init__(self, deadline: Deadline) -> None:
+    def __init__(self, deadline: Deadline, policy: Policy | None = None) -> None:
         self._inner = httpcore.SyncBackend()
         self._deadline = deadline
+        self._policy = policy
 
     def connect_tcp(
         self,
@@ -91,7 +142,9 @@ class _Backend(httpcore.NetworkBackend):
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
         left = self._deadline.bound(timeout, httpcore.ConnectTimeout)
-        inner = self._inner.connect_tcp(host, port, left, local_address, socket_options)
+        # The address checked is the address connected to (TLS still verifies the name).
+        target = host if self._policy is None else self._policy(host, port, left)
+        inner = self._inner.connect_tcp(target, port, left, local_address, socket_options)
         return _Stream(inner, self._deadline)
 
     def connect_unix_socket(
@@ -110,7 +163,12 @@ class DeadlineTransport(httpx.HTTPTransport):
     It connects directly: proxy settings from the environment are not used."""
 
     def __init__(
-        self, deadline: Deadline, *, verify: ssl.SSLContext | bool, limits: httpx.Limits
+        self,
+        deadline: Deadline,
+        *,
+        verify: ssl.SSLContext | bool,
+        limits: httpx.Limits,
+        policy: Policy | None = None,
     ) -> None:
         super().__init__(verify=verify, limits=limits)
         # httpx offers no way to pass a network backend to the pool it builds, so the pool is
@@ -120,7 +178,7 @@ class DeadlineTransport(httpx.HTTPTransport):
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
-            network_backend=_Backend(deadline),
+            network_backend=_Backend(deadline, policy),
         )
 
 

@@ -14,8 +14,10 @@ import itertools
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -225,6 +227,23 @@ def tasksync(
             )
     LAUNCHED.append(proc)
     return proc
+
+
+def stop_daemon(proc: subprocess.Popen[str], bound: float = 15) -> float:
+    """SIGTERM a `tasksync run`; it must exit 0 within `bound` (+5) seconds: how long it took."""
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=bound + 5) == 0
+    return time.monotonic() - t0
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}")
 
 
 Run = Callable[..., tuple[int, str, str]]  # the `run` fixture: tasksync in-process

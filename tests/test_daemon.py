@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import itertools
-import signal
 import socket
-import subprocess
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,26 +23,12 @@ from .helpers import (
     daemon_config,
     fresh_database,
     migrated,
+    stop_daemon,
     tasksync,
+    wait_for,
 )
 
 pytestmark = pytest.mark.slow
-
-
-def stop_daemon(proc: subprocess.Popen[str], bound: float = 15) -> float:
-    t0 = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=bound + 5) == 0
-    return time.monotonic() - t0
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def runs(store: Store) -> list[SyncRun]:
