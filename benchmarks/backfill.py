@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from simproc import start_simulator  # noqa: E402  (benchmarks/simproc.py)
+
 PG_ADMIN = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1/postgres")
 MY_HOST = os.environ.get("BENCH_MARIADB_HOST", "127.0.0.1")
 JOBS = [
@@ -309,40 +311,6 @@ def run_job(name: str, base: str, tasks: int) -> dict[str, Any]:
 
 
 # ---- driver --------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_simulator(tasks: int) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sync",
-            "simulate",
-            "--port",
-            str(port),
-            "--tasks",
-            str(tasks),
-            "--seed",
-            "1",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    return proc, f"http://127.0.0.1:{port}"
-
-
 def available(name: str) -> str | None:
     if name.startswith("dlt-"):
         try:

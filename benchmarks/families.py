@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from simproc import start_simulator  # noqa: E402  (benchmarks/simproc.py)
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from backfill import TreeRss  # noqa: E402  (the sibling benchmark's process-tree sampler)
@@ -71,42 +73,6 @@ def job(name: str, base: str, tasks: int) -> dict[str, Any]:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def simulator(api: str, tasks: int) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sync",
-            "simulate",
-            "--api",
-            api,
-            "--port",
-            str(port),
-            "--tasks",
-            str(tasks),
-            "--seed",
-            "1",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    return proc, f"http://127.0.0.1:{port}"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--tasks", type=int, default=100_000)
@@ -119,9 +85,9 @@ def main() -> None:
         print(json.dumps(job(args.job, args.base, args.tasks)))
         return
     sims = {
-        "plus": simulator("plus", args.tasks),
-        "trueai": simulator("trueai", args.tasks),
-        "novicezk": simulator("novicezk", args.novicezk),
+        "plus": start_simulator(args.tasks, "--api", "plus"),
+        "trueai": start_simulator(args.tasks, "--api", "trueai"),
+        "novicezk": start_simulator(args.novicezk, "--api", "novicezk"),
     }
     jobs = {
         "plus-backfill": args.tasks,

@@ -535,10 +535,12 @@ class ImageClient:
     def download(self, url: str, sink: Any) -> Download:
         """Stream the file at `url` into `sink` (a binary file); ImageFailure otherwise."""
         current = url
+        # One deadline for the whole download: name lookups, redirects and every read.
+        deadline = time.monotonic() + self.timeout_s
         for _hop in range(self.max_redirects + 1):
             check_link(current)
             self.limiter.wait()
-            self.deadline.at = time.monotonic() + self.timeout_s
+            self.deadline.at = deadline
             try:
                 with self.http.stream("GET", current) as resp:
                     if resp.status_code in REDIRECTS:
@@ -550,6 +552,8 @@ class ImageClient:
                     return self._body(resp, current, sink)
             except AddressRefused as exc:
                 raise ImageFailure(f"refused: {exc}", retry=False) from None
+            except (httpx.InvalidURL, UnicodeError) as exc:  # e.g. a host name IDNA refuses
+                raise ImageFailure(f"not a valid link: {_first_line(exc)}", retry=False) from None
             except httpx.TimeoutException:
                 raise ImageFailure(
                     f"no complete reply within {self.timeout_s:g} s", retry=True

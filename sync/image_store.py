@@ -46,6 +46,7 @@ class Outcome:
     """What one try did: fetched (with the file's facts) or not (why, and what state)."""
 
     id: int
+    url: str  # the link tried: recorded only while the slot still has it
     state: str  # fetched, pending (try again at next_try_at), failed or expired
     attempts: int
     error: str | None = None
@@ -155,8 +156,8 @@ class ImageStore:
 
     # ---- fetching -----------------------------------------------------------------------------
     def due(self, now: datetime, limit: int, sources: Sequence[str] | None = None) -> list[Slot]:
-        """Pending slots whose next try is due: links that expire soonest first (those with
-        no known expiry after them), then the newest tasks first."""
+        """Pending slots whose next try is due: live links that expire soonest first, then
+        links with no known expiry, then links already expired; newest tasks first within."""
         q = select(
             TaskImage.id,
             TaskImage.source,
@@ -172,8 +173,12 @@ class ImageStore:
         if sources is not None:
             q = q.where(TaskImage.source.in_(list(sources)))
         q = q.order_by(
-            case((TaskImage.url_expires_at.is_(None), 1), else_=0),
-            TaskImage.url_expires_at,
+            case(
+                (TaskImage.url_expires_at > now, 0),
+                (TaskImage.url_expires_at.is_(None), 1),
+                else_=2,  # expired already: tried once, after every link that may still work
+            ),
+            case((TaskImage.url_expires_at > now, TaskImage.url_expires_at), else_=None),
             TaskImage.submitted_at.desc(),
             TaskImage.id,
         ).limit(limit)
@@ -187,7 +192,8 @@ class ImageStore:
             for o in outcomes:
                 conn.execute(
                     update(TaskImage)
-                    .where(TaskImage.id == o.id)
+                    # A slot given a new link meanwhile (a concurrent discover) keeps it.
+                    .where(TaskImage.id == o.id, TaskImage.url == o.url)
                     .values(
                         state=o.state,
                         attempts=o.attempts,

@@ -29,7 +29,7 @@ import orjson
 
 from sync.client import ImageClient, ImageFailure
 from sync.config import ImagesSettings
-from sync.errors import ConfigError
+from sync.errors import ConfigError, printable
 from sync.image_store import Link, Outcome, Slot
 from sync.records import join
 from sync.store import Store
@@ -41,6 +41,7 @@ RETRY_FIRST_S = 60.0  # a failed try is repeated after 1 min, 2, 4 ... (or the h
 RETRY_MAX_S = 6 * 3600.0
 STALE_TMP_S = 3600.0  # partial downloads older than this (a killed run's) are removed
 BATCH = 200
+YIELD_MAX_S = 10.0  # the longest a download waits for a task sync in the same process to end
 HEAD = 256 * 1024  # how much of a file is read to sniff its type and size
 
 # (magic test, MIME type, extension); the first that matches names the file's type.
@@ -201,6 +202,7 @@ class Folder:
 
     def __post_init__(self) -> None:
         self.tmp = self.root / ".tmp"
+        self.moved: set[Path] = set()  # folders with renames not yet fsynced
 
     def ready(self) -> None:
         """Make the folder, and remove what a killed run left in `.tmp` (downloads of a
@@ -223,23 +225,29 @@ class Folder:
         return f"{sha[:2]}/{sha}{ext}"
 
     def keep(self, temp: Path, sha: str, ext: str) -> str:
-        """Move a verified download into place (or drop it when the same bytes are there)."""
+        """Move a verified download into place, atomically."""
         rel = self.relative(sha, ext)
         final = self.root / rel
-        if final.exists():
-            temp.unlink(missing_ok=True)
-            return rel
+        # Replaced even when a file of that name is there: the bytes just verified are right,
+        # while the file there may have been damaged since (`images verify` says so).
         final.parent.mkdir(exist_ok=True)
         os.replace(temp, final)
-        try:  # the rename itself, durable
-            fd = os.open(final.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError:
-            pass
+        self.moved.add(final.parent)
         return rel
+
+    def sync(self) -> None:
+        """Make the renames since the last call durable (one fsync per folder touched, done
+        before their rows say `fetched`)."""
+        while self.moved:
+            folder = self.moved.pop()
+            try:
+                fd = os.open(folder, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError:
+                pass
 
 
 def _alive(pid: int) -> bool:
@@ -280,10 +288,14 @@ class _Sink:
 
 
 def fetch_one(client: ImageClient, folder: Folder, slot: Slot, settings: ImagesSettings) -> Outcome:
-    """One try at one slot, its outcome to record."""
+    """One try at one slot, its outcome to record. It never raises: whatever one link or its
+    host does fails that slot alone, and no temporary file outlives the try."""
     now = datetime.now(UTC)
     attempts = slot.attempts + 1
-    sink = _Sink(folder.temp())
+    try:
+        sink = _Sink(folder.temp())
+    except OSError as exc:  # the folder: full, gone, not writable
+        return _failed(slot, attempts, f"cannot write: {exc.strerror}", True, None, now, settings)
     try:
         got = client.download(slot.url, sink)
         if not got.content_type.startswith(("image/", "video/")):
@@ -298,18 +310,24 @@ def fetch_one(client: ImageClient, folder: Folder, slot: Slot, settings: ImagesS
                 retry=False,
             )
         sink.finish()
+        mime, ext = kind
+        sha = sink.sha.hexdigest()
+        width, height = dimensions(bytes(sink.head), mime)
+        path = folder.keep(sink.path, sha, ext)
     except ImageFailure as exc:
-        sink.drop()
         return _failed(slot, attempts, str(exc), exc.retry, exc.after, now, settings)
     except OSError as exc:  # the folder: full, gone, not writable
-        sink.drop()
         return _failed(slot, attempts, f"cannot write: {exc.strerror}", True, None, now, settings)
-    mime, ext = kind
-    sha = sink.sha.hexdigest()
-    width, height = dimensions(bytes(sink.head), mime)
-    path = folder.keep(sink.path, sha, ext)
+    except Exception as exc:  # one link must never stop the others
+        why = f"unexpected {type(exc).__name__}: {printable(str(exc))}"
+        log.warning("image %s: %s", slot.id, why)
+        log.debug("image %s", slot.id, exc_info=True)
+        return _failed(slot, attempts, why, False, None, now, settings)
+    finally:
+        sink.drop()  # a no-op once the file was moved into place
     return Outcome(
         slot.id,
+        slot.url,
         "fetched",
         attempts,
         sha256=sha,
@@ -333,14 +351,14 @@ def _failed(
 ) -> Outcome:
     if slot.expires_at is not None and slot.expires_at <= now:
         # Tried once after its link's own expiry: recorded, never retried.
-        return Outcome(slot.id, "expired", attempts, error=f"link expired: {why}")
+        return Outcome(slot.id, slot.url, "expired", attempts, error=f"link expired: {why}")
     if not retry or attempts >= settings.max_attempts:
-        return Outcome(slot.id, "failed", attempts, error=why)
+        return Outcome(slot.id, slot.url, "failed", attempts, error=why)
     wait = min(RETRY_FIRST_S * 2 ** (attempts - 1), RETRY_MAX_S)
     if after is not None:
         wait = min(max(wait, after), RETRY_MAX_S)
     return Outcome(
-        slot.id, "pending", attempts, error=why, next_try_at=now + timedelta(seconds=wait)
+        slot.id, slot.url, "pending", attempts, error=why, next_try_at=now + timedelta(seconds=wait)
     )
 
 
@@ -374,10 +392,12 @@ def run(
     limit: int | None = None,
     progress: Callable[[int, int, int | None], None] | None = None,
     stop: threading.Event | None = None,
+    yield_to: Callable[[], bool] | None = None,
 ) -> ImageRun:
     """Find new links in each (source name, base URL), then fetch what is due, soonest-
     expiring first, `concurrency` at a time, until nothing is due, `limit` slots were tried
-    or `stop` is set."""
+    or `stop` is set. While `yield_to()` is true (a task sync runs in the same process), no
+    new download starts, for at most YIELD_MAX_S at a time."""
     t0 = time.monotonic()
     report = ImageRun()
     names = []
@@ -395,12 +415,18 @@ def run(
     own = client is None
     client = client or ImageClient(settings)
     tried = batches = 0
+
+    def one(slot: Slot) -> Outcome:
+        _after(yield_to, stop)
+        return fetch_one(client, folder, slot, settings)
+
     try:
         with ThreadPoolExecutor(settings.concurrency, thread_name_prefix="tasksync-img") as pool:
             for batch in _due_batches(store, names, limit):
                 if stop is not None and stop.is_set():
                     break
-                outcomes = list(pool.map(lambda s: fetch_one(client, folder, s, settings), batch))
+                outcomes = list(pool.map(one, batch))
+                folder.sync()
                 store.images.record(outcomes)
                 for o in outcomes:
                     _count(report, o)
@@ -415,6 +441,17 @@ def run(
             client.close()
     report.seconds = time.monotonic() - t0
     return report
+
+
+def _after(busy: Callable[[], bool] | None, stop: threading.Event | None) -> None:
+    """Wait while `busy()` (at most YIELD_MAX_S: syncs that never pause still let pictures
+    through, slowly) or until `stop`."""
+    if busy is None:
+        return
+    until = time.monotonic() + YIELD_MAX_S
+    pause = stop or threading.Event()
+    while busy() and time.monotonic() < until and not pause.wait(0.05):
+        pass
 
 
 def _due_batches(store: Store, names: list[str], limit: int | None) -> Iterator[list[Slot]]:

@@ -98,6 +98,7 @@ class Daemon:
         self.stop = threading.Event()
         self.metrics = Metrics()
         self.active = 0
+        self.syncing = 0  # task runs under way: the image job waits for them to end
         self.idle = threading.Condition()
         self.turns = {src.name: Turns() for src in settings.sources}
         self.overlap_said: set[tuple[str, str]] = set()
@@ -226,6 +227,8 @@ class Daemon:
                 return
 
     def _run(self, src: SourceSettings, kind: str) -> None:
+        with self.idle:
+            self.syncing += 1
         try:
             with connect(src) as client:
                 if kind == "sweep":
@@ -251,6 +254,9 @@ class Daemon:
                 "source %s %s failed unexpectedly: %s: %s", src.name, kind, type(exc).__name__, exc
             )
             self.metrics.failed(src.name, kind, "failed")
+        finally:
+            with self.idle:
+                self.syncing -= 1
 
     def _images(self) -> None:
         """One run of the image job over every source."""
@@ -262,7 +268,11 @@ class Daemon:
             self.active += 1
         try:
             report = images.run(
-                self.store, self.settings.images, images.sources_of(self.settings), stop=self.stop
+                self.store,
+                self.settings.images,
+                images.sources_of(self.settings),
+                stop=self.stop,
+                yield_to=lambda: self.syncing > 0,  # never compete with a task sync
             )
             log.info("%s", report.line())
         except TasksyncError as exc:

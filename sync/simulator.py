@@ -698,6 +698,9 @@ class Simulator:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out as two writes: without TCP_NODELAY a small body waits for the
+    # client's delayed ACK (40 ms a reply), as no real server makes anyone wait.
+    disable_nagle_algorithm = True
     sim: Simulator
 
     def log_message(self, format: str, *args: Any) -> None:

@@ -90,7 +90,23 @@ class AddressRefused(Exception):
 
 # (host, port, timeout) -> the address to connect to, or raise
 Policy = Callable[[str, int, float | None], str]
-_RESOLVER = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="tasksync-dns")
+
+
+def _resolve(name: str, port: int, timeout: float | None) -> list[Any]:
+    """getaddrinfo, waited for at most `timeout`. It has no timeout of its own, so it runs
+    on a thread of its own: a slow answer for one name never holds up another name's lookup
+    (a shared pool could be filled by a few hostile names), and the thread ends when the
+    system resolver gives up."""
+    done: concurrent.futures.Future[list[Any]] = concurrent.futures.Future()
+
+    def lookup() -> None:
+        try:
+            done.set_result(socket.getaddrinfo(name, port, type=socket.SOCK_STREAM))
+        except BaseException as exc:  # handed to the waiting thread
+            done.set_exception(exc)
+
+    threading.Thread(target=lookup, name="tasksync-dns", daemon=True).start()
+    return done.result(timeout=timeout)
 
 
 def public_only(allow_hosts: Iterable[str] = ()) -> Policy:
@@ -101,10 +117,8 @@ def public_only(allow_hosts: Iterable[str] = ()) -> Policy:
 
     def check(host: str, port: int, timeout: float | None = None) -> str:
         name = host.strip("[]").lower()
-        # getaddrinfo has no timeout of its own: it runs aside, waited for at most `timeout`.
-        job = _RESOLVER.submit(socket.getaddrinfo, name, port, type=socket.SOCK_STREAM)
         try:
-            infos = job.result(timeout=timeout)
+            infos = _resolve(name, port, timeout)
         except concurrent.futures.TimeoutError:
             raise httpcore.ConnectTimeout(f"resolving {name} took too long") from None
         except (OSError, UnicodeError) as exc:
@@ -114,17 +128,34 @@ def public_only(allow_hosts: Iterable[str] = ()) -> Policy:
             return addresses[0]
         for text in addresses:
             ip = ipaddress.ip_address(text.split("%", 1)[0])
-            mapped = getattr(ip, "ipv4_mapped", None)
-            if mapped is not None:
-                ip = mapped
-            if not ip.is_global or ip.is_multicast:
-                raise AddressRefused(
-                    f"{name} is {ip}, not a public address (allow it with "
-                    "[images] allow_hosts if it is yours)"
-                )
+            for each in (*_embedded_ipv4(ip), ip):
+                if not each.is_global or each.is_multicast:
+                    raise AddressRefused(
+                        f"{name} is {each}, not a public address (allow it with "
+                        "[images] allow_hosts if it is yours)"
+                    )
         return addresses[0]
 
     return check
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def _embedded_ipv4(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries, which a gateway may deliver to: mapped
+    (::ffff:a.b.c.d), compatible (::a.b.c.d), 6to4 (2002::/16), Teredo and NAT64."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return []
+    out = [a for a in (ip.ipv4_mapped, ip.sixtofour) if a is not None]
+    if ip.teredo is not None:
+        out += list(ip.teredo)
+    if ip in _NAT64 or (ip in _COMPATIBLE and int(ip) > 1):  # not :: or ::1 themselves
+        out.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return out
 
 
 class _Backend(httpcore.NetworkBackend):
@@ -141,9 +172,13 @@ class _Backend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
-        left = self._deadline.bound(timeout, httpcore.ConnectTimeout)
         # The address checked is the address connected to (TLS still verifies the name).
-        target = host if self._policy is None else self._policy(host, port, left)
+        target = host
+        if self._policy is not None:
+            target = self._policy(
+                host, port, self._deadline.bound(timeout, httpcore.ConnectTimeout)
+            )
+        left = self._deadline.bound(timeout, httpcore.ConnectTimeout)  # what the lookup left
         inner = self._inner.connect_tcp(target, port, left, local_address, socket_options)
         return _Stream(inner, self._deadline)
 

@@ -9,11 +9,14 @@ import hashlib
 import random
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpcore
 import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -21,6 +24,7 @@ from sqlalchemy.orm import Session
 from sync import images, pipeline
 from sync.client import Client, ImageClient, ImageFailure
 from sync.config import ImagesSettings
+from sync.image_store import Outcome
 from sync.models import TaskImage
 from sync.simulator import Simulator, SimulatorServer
 from sync.simulator_images import ImageFaults, png
@@ -143,6 +147,98 @@ def test_soonest_expiring_links_are_fetched_first(
     assert fetched == {s.id for s in order[:20]}
 
 
+def test_links_still_alive_come_before_those_without_expiry_and_expired_ones_last(
+    sqlite_store: Store, serve: Callable[[Simulator], SimulatorServer], tmp_path: Path
+) -> None:
+    """Dead links (expired already) never hold up live ones: live links by expiry, then
+    links without one, newest first, then the expired, newest first."""
+    _sim, url = archived(sqlite_store, serve, tasks=200)
+    now = images.datetime.now(images.UTC)
+    images.discover(sqlite_store, "main", url, settings(tmp_path), now)
+    ids = [s.id for s in slots(sqlite_store)]
+    with sqlite_store.engine.begin() as conn:
+        conn.execute(
+            update(TaskImage)
+            .where(TaskImage.id.in_(ids[:15]))
+            .values(url_expires_at=now - timedelta(days=3))
+        )
+        conn.execute(
+            update(TaskImage).where(TaskImage.id.in_(ids[15:30])).values(url_expires_at=None)
+        )
+    by_id = {s.id: s for s in slots(sqlite_store)}
+    due = [by_id[d.id] for d in sqlite_store.images.due(now, len(ids))]
+    dead = set(ids[:15])
+
+    def group(s: TaskImage) -> int:
+        return 2 if s.id in dead else 1 if s.url_expires_at is None else 0
+
+    groups = [group(s) for s in due]
+    assert groups == sorted(groups) and groups.count(2) == 15 and groups.count(1) == 15
+    live = [s for s in due if group(s) == 0]
+    assert [s.url_expires_at for s in live] == sorted(s.url_expires_at for s in live)
+    for group in (1, 2):
+        submitted = [s.submitted_at for s, g in zip(due, groups, strict=True) if g == group]
+        assert submitted == sorted(submitted, reverse=True)
+
+
+def test_an_outcome_for_an_old_link_does_not_overwrite_a_new_one(
+    sqlite_store: Store, serve: Callable[[Simulator], SimulatorServer], tmp_path: Path
+) -> None:
+    """Two image runs at once: one tries a slot's old link while the other gives the slot a
+    new one; the late outcome is not recorded over the new link, which stays to be fetched."""
+    _sim, url = archived(sqlite_store, serve, tasks=40)
+    now = images.datetime.now(images.UTC)
+    images.discover(sqlite_store, "main", url, settings(tmp_path), now)
+    slot = sqlite_store.images.due(now, 1)[0]
+    with sqlite_store.engine.begin() as conn:
+        conn.execute(update(TaskImage).where(TaskImage.id == slot.id).values(url=slot.url + "&v=2"))
+    sqlite_store.images.record([Outcome(slot.id, slot.url, "failed", 1, error="HTTP 403")])
+    row = next(s for s in slots(sqlite_store) if s.id == slot.id)
+    assert (row.state, row.attempts, row.url) == ("pending", 0, slot.url + "&v=2")
+
+
+def test_a_damaged_file_is_replaced_by_a_verified_download(tmp_path: Path) -> None:
+    """A file `images verify` found damaged is put right by the next download of its bytes."""
+    folder = images.Folder(tmp_path / "images")
+    folder.ready()
+    data = png(8, 8, (9, 9, 9))
+    sha = hashlib.sha256(data).hexdigest()
+
+    def download() -> Path:
+        temp = folder.temp()
+        temp.write_bytes(data)
+        return folder.root / folder.keep(temp, sha, ".png")
+
+    final = download()
+    final.write_bytes(b"rotten")
+    assert download() == final and final.read_bytes() == data
+    assert list(folder.tmp.iterdir()) == []
+
+
+def test_no_download_starts_while_a_task_sync_runs(
+    sqlite_store: Store, serve: Callable[[Simulator], SimulatorServer], tmp_path: Path
+) -> None:
+    """In the daemon the image job yields to the task syncs of the same process: while one
+    runs, no download starts (for at most YIELD_MAX_S at a time); then the job goes on."""
+    sim, url = archived(sqlite_store, serve, tasks=40)
+    assert sim.images is not None
+    syncing = threading.Event()
+    syncing.set()
+    requests_while_syncing: list[int] = []
+
+    def sync_ends() -> None:
+        time.sleep(0.6)
+        requests_while_syncing.append(len(sim.images.requests))
+        syncing.clear()
+
+    ender = threading.Thread(target=sync_ends)
+    ender.start()
+    run = images.run(sqlite_store, settings(tmp_path), [("main", url)], yield_to=syncing.is_set)
+    ender.join()
+    assert requests_while_syncing == [0]
+    assert run.fetched == len(slots(sqlite_store)) > 0
+
+
 def test_an_expired_link_is_tried_once_and_recorded_as_expired(
     sqlite_store: Store, serve: Callable[[Simulator], SimulatorServer], tmp_path: Path
 ) -> None:
@@ -219,6 +315,8 @@ def test_hostile_links_are_refused_at_the_socket(
         f"{server.url}/redirect?to=http://[::1]:{port}/a.png": "refused: ::1 is ::1",
         "file:///etc/passwd": "not an http(s) link (file scheme)",
         f"http://user:pw@127.0.0.1:{port}/a.png": "a link with credentials in it",
+        "http://xn--/b.png": "not a valid link",
+        f"{server.url}/redirect?to=http://xn--/c.png": "not a valid link",
     }
     finished = [i for i in sim.alive if sim.task(i)["status"] == "SUCCESS"]
     for i, link in zip(finished, hostile, strict=False):
@@ -234,29 +332,73 @@ def test_hostile_links_are_refused_at_the_socket(
     for link, why in hostile.items():
         assert by_url[link].state == "failed", link
         assert by_url[link].last_error.startswith(why), by_url[link].last_error
+    others = [s for s in by_url.values() if s.url not in hostile]
+    assert others and {s.state for s in others} == {"fetched"}  # one bad link stops no other
     redirects = [p for p, _h in sim.images.requests if p.startswith("/redirect")]
-    assert len(redirects) == 2  # the first hop was ours; the hop to a private address was not
+    assert len(redirects) == 3  # the first hops were ours; the hops they named were not
+    assert list((tmp_path / "images" / ".tmp").glob("*.part")) == []
 
 
-def test_dns_answers_are_checked_as_a_whole() -> None:
+def test_dns_answers_are_checked_as_a_whole(monkeypatch: pytest.MonkeyPatch) -> None:
     """A name with one public and one private address is refused (rebinding by several
-    answers); the address checked is the one connected to."""
+    answers), as is an IPv6 address that carries a private IPv4 one; the address checked is
+    the one connected to; slow answers for some names hold up no other name's lookup."""
     policy = public_only()
     real = socket.getaddrinfo
+    answers = {
+        "mixed.test": ["93.184.216.34", "10.0.0.7"],
+        "public.test": ["93.184.216.34"],
+        "compat.test": ["::7f00:1"],  # IPv4-compatible 127.0.0.1
+        "6to4.test": ["2002:a00:1::1"],  # 6to4 of 10.0.0.1
+        "nat64.test": ["64:ff9b::a9fe:a9fe"],  # NAT64 of 169.254.169.254
+        "mapped.test": ["::ffff:192.168.1.1"],
+    }
 
     def fake(host: str, port: int, **kw: Any) -> Any:
-        addrs = {"mixed.test": ["93.184.216.34", "10.0.0.7"], "public.test": ["93.184.216.34"]}
-        if host in addrs:
-            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in addrs[host]]
+        if host == "slow.test":
+            time.sleep(3)
+        if host in answers:
+            return [
+                (
+                    socket.AF_INET6 if ":" in a else socket.AF_INET,
+                    socket.SOCK_STREAM,
+                    6,
+                    "",
+                    (a, port),
+                )
+                for a in answers[host]
+            ]
         return real(host, port, **kw)
 
-    socket.getaddrinfo = fake  # type: ignore[assignment]
-    try:
-        with pytest.raises(AddressRefused, match=r"mixed\.test is 10\.0\.0\.7"):
-            policy("mixed.test", 80, 1.0)
-        assert policy("public.test", 443, 1.0) == "93.184.216.34"
-    finally:
-        socket.getaddrinfo = real  # type: ignore[assignment]
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    with pytest.raises(AddressRefused, match=r"mixed\.test is 10\.0\.0\.7"):
+        policy("mixed.test", 80, 1.0)
+    for name, inner in [
+        ("compat.test", "127.0.0.1"),
+        ("6to4.test", "10.0.0.1"),
+        ("nat64.test", "169.254.169.254"),
+        ("mapped.test", "192.168.1.1"),
+    ]:
+        with pytest.raises(AddressRefused, match=rf"{name} is {inner}, not a public"):
+            policy(name, 80, 1.0)
+    timed_out: list[bool] = []
+
+    def wait_for_slow() -> None:
+        try:
+            policy("slow.test", 80, 0.3)
+        except httpcore.ConnectTimeout:
+            timed_out.append(True)
+
+    slow = [threading.Thread(target=wait_for_slow) for _ in range(8)]
+    for t in slow:
+        t.start()
+    time.sleep(0.1)  # eight lookups of slow.test under way
+    started = time.monotonic()
+    assert policy("public.test", 443, 1.0) == "93.184.216.34"
+    assert time.monotonic() - started < 0.5
+    for t in slow:
+        t.join()
+    assert timed_out == [True] * 8
 
 
 def test_a_kill_mid_download_leaves_no_partial_file_and_a_rerun_completes(
