@@ -16,16 +16,19 @@ from sync.app import App, pass_app
 from sync.console import render
 from sync.errors import ConfigError
 
-
-@click.command()
-@click.argument("sql")
-@click.option(
+DATE = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
+TABLE_FORMAT = click.option(
     "--format",
     "fmt",
     type=click.Choice(["table", "csv", "json"]),
     default="table",
     show_default=True,
 )
+
+
+@click.command()
+@click.argument("sql")
+@TABLE_FORMAT
 @click.option(
     "--timeout",
     "timeout_s",
@@ -51,7 +54,7 @@ def query(app: App, sql: str, fmt: str, timeout_s: float | None) -> None:
 @click.option("--source", "name", help="Only this source's tasks (default: every source).")
 @click.option(
     "--since",
-    type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]),
+    type=DATE,
     help="Only tasks that arrived or changed at or after this UTC time.",
 )
 @click.option("--format", "fmt", type=click.Choice(["jsonl"]), default="jsonl", show_default=True)
@@ -98,22 +101,13 @@ def status(app: App, no_server: bool) -> None:
         click.echo(line)
 
 
-DATE = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
-
-
 @click.command()
 @click.option("--source", "name", help="Only this source (default: each source, separately).")
 @click.option("--since", type=DATE, help="Tasks submitted at or after this time (in --tz).")
 @click.option("--until", type=DATE, help="Tasks submitted before this time (in --tz).")
 @click.option("--by", type=click.Choice(["day", "week", "month"]), default="day", show_default=True)
 @click.option("--tz", default="UTC", show_default=True, help="IANA time zone of days and hours.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "csv", "json"]),
-    default="table",
-    show_default=True,
-)
+@TABLE_FORMAT
 @click.option(
     "--html",
     "html_path",
