@@ -50,7 +50,7 @@ svg .grid { stroke: var(--grid); stroke-width: 1; }
   margin-right: .3em; vertical-align: -0.1em; background: var(--c); }
 table { border-collapse: collapse; font-size: 12px; margin-top: .5rem; }
 th, td { padding: .15rem .5rem; text-align: right; border-bottom: 1px solid var(--grid); }
-th:first-child, td:first-child { text-align: left; }
+th:first-child, td:first-child { text-align: left; white-space: nowrap; }
 .scroll { max-height: 16rem; overflow: auto; }
 .note { color: var(--muted); }
 """
