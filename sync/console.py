@@ -11,6 +11,7 @@ import io
 import itertools
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -139,6 +140,18 @@ class ProgressDisplay:
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+@contextmanager
+def reader_may_leave() -> Iterator[None]:
+    """Output piped into `head` and the like: when the reader has all it wanted and closes
+    the pipe, stop writing and exit 0 quietly (no traceback, no error line)."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python flushes stdout again at exit: point it at /dev/null so that flush is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _cell(v: Any) -> Any:

@@ -27,7 +27,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -221,7 +221,7 @@ def _sqlite(path: str, sql: str, timeout_s: float) -> Iterator[Rows]:
         con.set_authorizer(sqlite_authorizer)
         con.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
 
-        def rows(cur: sqlite3.Cursor) -> Iterator[tuple[Any, ...]]:
+        def rows(cur: sqlite3.Cursor) -> Generator[tuple[Any, ...]]:
             try:
                 yield from cur
             except sqlite3.OperationalError as exc:
@@ -240,7 +240,11 @@ def _sqlite(path: str, sql: str, timeout_s: float) -> Iterator[Rows]:
             if "interrupted" in text:
                 raise _timed_out(timeout_s) from None
             raise DatabaseError(f"query failed: {_first_line(exc)}") from None
-        yield [d[0] for d in cur.description or []], rows(cur)
+        it = rows(cur)
+        try:
+            yield [d[0] for d in cur.description or []], it
+        finally:
+            it.close()  # before the connection closes, not whenever it is collected
     finally:
         con.close()
 

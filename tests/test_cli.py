@@ -190,6 +190,36 @@ def test_query_formats(run: Run, tmp_path: Path) -> None:
     assert '"two": "é"' in run("--db", db, "query", q, "--format", "json")[1]
 
 
+MANY_ROWS = (
+    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200000) "
+    "SELECT i, 'a row long enough to fill the pipe' AS t FROM n"
+)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["query", MANY_ROWS], id="query-table"),
+        pytest.param(["query", MANY_ROWS, "--format", "csv"], id="query-csv"),
+        pytest.param(["query", MANY_ROWS, "--format", "json"], id="query-json"),
+        pytest.param(["export"], id="export"),
+    ],
+)
+def test_output_piped_into_head_ends_quietly(tmp_path: Path, args: list[str]) -> None:
+    """`tasksync query|export … | head -1`: the reader leaving ends the command with exit 0,
+    nothing on stderr (no traceback, no 'Exception ignored')."""
+    db = tmp_path / "a.db"
+    demo = tasksync("demo", "--path", str(db), "--tasks", "1000", cwd=tmp_path)
+    assert demo.wait(timeout=120) == 0, demo.communicate()[1]
+    proc = tasksync("--db", f"sqlite:///{db}", *args, cwd=tmp_path)
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()  # what `head -1` does after its line
+    err = proc.stderr.read()
+    assert first and proc.wait(timeout=60) == 0, err
+    assert err == ""
+
+
 def test_cli_subprocess_error_has_no_traceback(tmp_path: Path) -> None:
     """The installed entry point maps errors to exit codes without a traceback."""
     proc = tasksync("status", cwd=tmp_path, env={"TASKSYNC_CONFIG": str(tmp_path / "missing.toml")})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 import click
 
 from sync.app import App, pass_app
-from sync.console import render
+from sync.console import reader_may_leave, render
 from sync.errors import ConfigError
 
 DATE = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
@@ -45,7 +44,8 @@ def query(app: App, sql: str, fmt: str, timeout_s: float | None) -> None:
     timeout = settings.query.timeout_s if timeout_s is None else timeout_s
     if not (math.isfinite(timeout) and timeout > 0):
         raise ConfigError("--timeout: a number of seconds greater than 0")
-    with readonly.run(settings.query.url or settings.database.url, sql, timeout) as (cols, rows):
+    url = settings.query.url or settings.database.url
+    with readonly.run(url, sql, timeout) as (cols, rows), reader_may_leave():
         for text in render(cols, rows, fmt):
             click.echo(text)
 
@@ -67,12 +67,10 @@ def export(app: App, name: str | None, since: datetime | None, fmt: str) -> None
     if name is not None and name not in store.sources():
         raise ConfigError(f"--source: the archive has no tasks of a source named {name!r}")
     out = sys.stdout.buffer
-    try:
+    with reader_may_leave():
         for _source, obj in store.export(name, since and since.replace(tzinfo=UTC)):
             out.write(orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE))
         out.flush()
-    except BrokenPipeError:  # `| head`: the reader has all it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 @click.command()
