@@ -286,3 +286,13 @@ def test_unsupported_database_url_is_a_config_error(run: Run) -> None:
     for url in ("oracle://u@h/x", "mysql+mysqldb://u@h/x", "sqlite+foo:///x.db"):
         code, _, err = run("--db", url, "db", "upgrade")
         assert code == 2 and "unsupported database" in err and "internal" not in err, err
+
+
+def test_report_html_never_overwrites_the_archive(run: Run, tmp_path: Path) -> None:
+    """`report --html ARCHIVE` is refused with exit 2 and the archive stays a database."""
+    db = tmp_path / "a.db"
+    assert run("--db", f"sqlite:///{db}", "db", "upgrade")[0] == 0
+    code, _, err = run("--db", f"sqlite:///{db}", "report", "--html", str(db))
+    assert code == 2 and "SQLite database" in err
+    assert db.read_bytes()[:16] == b"SQLite format 3\x00"
+    assert run("--db", f"sqlite:///{db}", "status", "--no-server")[0] == 0

@@ -155,6 +155,7 @@ def report(
     if html_path is not None:
         from sync.report_html import render_html
 
+        _refuse_to_overwrite_a_database(html_path)
         tmp = html_path.with_name(f".{html_path.name}.tmp")
         try:
             tmp.write_text(render_html(result), encoding="utf-8")
@@ -186,3 +187,16 @@ def _zone(name: str) -> Any:
         raise ConfigError(
             f"--tz: unknown time zone {name!r} (an IANA name such as Europe/Berlin)"
         ) from None
+
+
+def _refuse_to_overwrite_a_database(path: Path) -> None:
+    """`--html` never replaces a SQLite database (the archive itself, above all)."""
+    if not path.name:
+        raise ConfigError("--html: a file name is needed")
+    try:
+        with path.open("rb") as f:
+            head = f.read(16)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        return
+    if head == b"SQLite format 3\x00":
+        raise ConfigError(f"--html {path}: that is a SQLite database, not overwritten")
