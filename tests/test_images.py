@@ -422,7 +422,9 @@ def test_a_kill_mid_download_leaves_no_partial_file_and_a_rerun_completes(
     with HostileServer(respond) as cdn:
         sim = Simulator(5, seed=3)
         first = next(i for i in sim.alive if sim.task(i)["status"] == "SUCCESS")
-        sim.overrides[first] = dict(sim.task(first), imageUrl=f"{cdn.url}/big.png")
+        for i in sim.alive:  # one link, to the stalling CDN: no other download runs alongside
+            url = f"{cdn.url}/big.png" if i == first else None
+            sim.overrides[i] = dict(sim.task(i), imageUrl=url)
         server = serve(sim)
         db = tmp_path / "a.db"
         cfg = write_config(
