@@ -44,7 +44,10 @@ class App:
         from sync import schema
         from sync.store import Store
 
-        store = Store(self.settings.database.url)
+        url = self.settings.database.url
+        if migrate_check:
+            schema.require_sqlite_file(url)  # a mistyped path is not created empty
+        store = Store(url)
         click.get_current_context().call_on_close(store.dispose)
         store.ping()
         if migrate_check:

@@ -299,9 +299,14 @@ class ScheduleSettings(_Strict):
     @field_validator("every", "sweep_every", "images_every")
     @classmethod
     def _interval(cls, v: str | None) -> str | None:
-        if v is not None and (not INTERVAL_RE.match(v) or interval_seconds(v) == 0):
-            raise ValueError("an interval like '30s', '5m' or '1h'")
+        if v is not None and (
+            not INTERVAL_RE.match(v) or not 0 < interval_seconds(v) <= MAX_INTERVAL_S
+        ):
+            raise ValueError("an interval like '30s', '5m' or '1h', at most 8784h (366 days)")
         return v
+
+
+MAX_INTERVAL_S = 366 * 86_400  # further apart is no schedule (and overflows the calendar)
 
 
 Role = Literal["image", "grid", "video", "thumbnail"]
@@ -409,6 +414,10 @@ def load(
 ) -> Settings:
     """Build the effective settings from flag, environment, file and defaults."""
     env = os.environ if environ is None else environ
+    if config_path == "":
+        raise ConfigError("--config: a file path is needed, got an empty one")
+    if db_url == "":
+        raise ConfigError("--db: a database URL is needed, got an empty one")
     path_text = config_path or env.get("TASKSYNC_CONFIG")
     path: Path | None = Path(path_text) if path_text else None
     if path is None and DEFAULT_CONFIG.exists():

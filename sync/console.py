@@ -11,6 +11,7 @@ import io
 import itertools
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -164,6 +165,29 @@ def _cell(v: Any) -> Any:
     return v
 
 
+def _unique(cols: list[str]) -> list[str]:
+    """Column names as JSON keys: a repeated name gets a suffix (`a`, `a_2`, ...) that no
+    other column has, instead of silently replacing the earlier column's value."""
+    taken: set[str] = set()
+    out: list[str] = []
+    for c in cols:
+        name, k = c, 1
+        while name in taken or (name != c and name in cols):
+            k += 1
+            name = f"{c}_{k}"
+        taken.add(name)
+        out.append(name)
+    return out
+
+
+def _finite(v: Any) -> Any:
+    """JSON has no NaN or infinities: they are written as strings, as PostgreSQL's to_json
+    does."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return "NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")
+    return v
+
+
 TABLE_SAMPLE = 500  # rows read before a table's column widths are fixed
 
 
@@ -171,9 +195,15 @@ def render(cols: list[str], rows: Iterable[tuple[Any, ...]], fmt: str) -> Iterat
     """Rows as table, CSV or JSON text, produced as they come (never all in memory)."""
     it = (tuple(_cell(v) for v in r) for r in rows)
     if fmt == "json":
+        keys = _unique(cols)
         yield "["
         for n, r in enumerate(it):
-            doc = json.dumps(dict(zip(cols, r, strict=True)), ensure_ascii=False, default=str)
+            doc = json.dumps(
+                dict(zip(keys, map(_finite, r), strict=True)),
+                ensure_ascii=False,
+                default=str,
+                allow_nan=False,
+            )
             yield (" " if n == 0 else ",") + doc
         yield "]"
         return

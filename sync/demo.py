@@ -11,6 +11,7 @@ from sync import pipeline, schema
 from sync.client import connect
 from sync.config import SourceSettings
 from sync.console import ProgressDisplay
+from sync.errors import ConfigError
 from sync.report import ALL, build_report, status_history
 from sync.report_html import render_html
 from sync.simulator import Simulator, SimulatorServer
@@ -21,6 +22,7 @@ def run_demo(path: Path, tasks: int, api: str = "plus") -> None:
     """Start the simulator (playing the `api` family), archive it into a fresh SQLite file
     with `api = "auto"`, sync, show answers."""
     t0 = time.monotonic()
+    _refuse_to_replace(path)
     for stale in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
         stale.unlink(missing_ok=True)
     # Spread the tasks over the last 30 days so the daily answers have several days.
@@ -44,12 +46,13 @@ def run_demo(path: Path, tasks: int, api: str = "plus") -> None:
                 f"backfill ({first.api}): {first.inserted} tasks in {first.pages} pages, "
                 f"{first.requests} requests, {first.duration_s:.1f}s"
             )
-            # The server moves on: new tasks arrive, unfinished ones progress.
+            # The server moves on: new tasks arrive and progress. (Only they: a task left
+            # unfinished weeks ago that started now would queue for weeks in the report.)
             new = sim.arrive(25)
-            watched = sim.index_of(new[0])
-            assert watched is not None
+            arrived = [i for i in map(sim.index_of, new) if i is not None]
+            watched = arrived[0]
             for _ in range(3):
-                for i in sim.unfinished()[:60]:
+                for i in arrived:
                     sim.advance(i)
                 sim.advance(watched)
                 again = pipeline.incremental(store, client, src, ids=new if ids else ())
@@ -58,8 +61,11 @@ def run_demo(path: Path, tasks: int, api: str = "plus") -> None:
                     f"{again.requests} requests, {again.duration_s:.2f}s"
                 )
         report = build_report(store, source="demo")
-        last_day = max(r.period for r in report.rows if r.action != ALL and r.run.n)
-        click.echo(f"\nMedian queue and run time on {last_day} (UTC), by action:")
+        # The newest day with a fair number of finished tasks (today may hold a handful).
+        ran = {r.period: r.run.n for r in report.rows if r.action == ALL and r.run.n}
+        last_day = max([d for d, n in ran.items() if n >= 10] or ran, default=None)
+        if last_day is not None:
+            click.echo(f"\nMedian queue and run time on {last_day} (UTC), by action:")
         for r in report.rows:
             if r.period == last_day and r.action != ALL and r.run.n:
                 queue, run = (r.queue.p50 or 0) / 1000, (r.run.p50 or 0) / 1000
@@ -89,3 +95,34 @@ def run_demo(path: Path, tasks: int, api: str = "plus") -> None:
         f"\ndone in {time.monotonic() - t0:.1f}s. Charts: {html}. Explore: "
         f'tasksync --db sqlite:///{path} query "SELECT * FROM daily_stats LIMIT 5"'
     )
+
+
+def _refuse_to_replace(path: Path) -> None:
+    """The demo recreates its file: never one that holds anything but an earlier demo (an
+    archive given by mistake, or any other file), and never its own report page."""
+    if path.suffix == ".html" or path.is_dir():
+        raise ConfigError(
+            f"--path {path}: a SQLite file name is needed (the report goes beside it)"
+        )
+    try:
+        head = path.read_bytes()[:16] if path.stat().st_size else b""
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ConfigError(f"--path {path}: {exc.strerror or exc}") from None
+    if not head:
+        return
+    if head != b"SQLite format 3\x00":
+        raise ConfigError(f"--path {path}: not a demo archive (not SQLite), not replaced")
+    import sqlite3
+
+    con = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        sources = {r[0] for r in con.execute("SELECT DISTINCT source FROM tasks")}
+    except sqlite3.DatabaseError:  # no tasks table: only an empty file is the demo's
+        empty = not con.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        sources = set() if empty else {"?"}
+    finally:
+        con.close()
+    if sources - {"demo"}:
+        raise ConfigError(f"--path {path}: not a demo archive (it holds other data), not replaced")

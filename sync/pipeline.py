@@ -272,7 +272,11 @@ def wanted_ids(store: Store, src: SourceSettings, given: Iterable[str]) -> list[
         return out
     from sync import readonly
 
-    _cols, rows = readonly.query_all(store.url.render_as_string(hide_password=False), src.ids_query)
+    url = store.url.render_as_string(hide_password=False)
+    try:
+        _cols, rows = readonly.query_all(url, src.ids_query)
+    except TasksyncError as exc:  # same kind and exit code, saying where it came from
+        raise type(exc)(f"source {src.name!r}: ids_query: {exc}") from None
     return [str(r[0]) for r in rows if r and r[0] is not None and str(r[0]).strip()]
 
 

@@ -213,11 +213,16 @@ def _sqlite(path: str, sql: str, timeout_s: float) -> Iterator[Rows]:
         raise ConfigError("tasksync query needs a SQLite file, not :memory:")
     if not Path(path).exists():
         raise DatabaseError(f"database file {path} not found")
+    if Path(path).is_dir():
+        raise ConfigError(f"database file {path} is a folder, not a SQLite file")
     uri = Path(path).resolve().as_uri() + "?mode=ro"
     deadline = time.monotonic() + timeout_s
     con = sqlite3.connect(uri, uri=True, timeout=min(10.0, timeout_s))
     try:
-        con.execute("PRAGMA query_only = ON")
+        try:
+            con.execute("PRAGMA query_only = ON")
+        except sqlite3.DatabaseError as exc:
+            raise DatabaseError(f"database file {path}: {_first_line(exc)}") from None
         con.set_authorizer(sqlite_authorizer)
         con.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
 
@@ -240,9 +245,11 @@ def _sqlite(path: str, sql: str, timeout_s: float) -> Iterator[Rows]:
             if "interrupted" in text:
                 raise _timed_out(timeout_s) from None
             raise DatabaseError(f"query failed: {_first_line(exc)}") from None
+        if cur.description is None:  # nothing to read: empty, only comments, or not a query
+            raise QueryRefused("query refused: not a statement that returns rows")
         it = rows(cur)
         try:
-            yield [d[0] for d in cur.description or []], it
+            yield [d[0] for d in cur.description], it
         finally:
             it.close()  # before the connection closes, not whenever it is collected
     finally:
@@ -269,9 +276,10 @@ def _server(url: Any, dialect: str, sql: str, timeout_s: float) -> Iterator[Rows
     try:
         try:
             raw = engine.raw_connection()
-        except sa_exc.DBAPIError as exc:
+        except Exception as exc:  # the driver's own errors: the pool does not wrap them
+            orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
             raise DatabaseError(
-                f"database {where}: connecting failed: {scrub(str(exc.orig), url)}"
+                f"database {where}: connecting failed: {scrub(str(orig), url)}"
             ) from None
         try:
             conn = raw.driver_connection

@@ -13,7 +13,7 @@ from sqlalchemy import Connection, inspect
 from sqlalchemy import exc as sa_exc
 
 from sync.engine import Database
-from sync.errors import ConfigError, DatabaseError
+from sync.errors import ConfigError, DatabaseError, printable
 
 
 def migrations_dir() -> Path:
@@ -37,10 +37,15 @@ def _alembic(conn: Connection | None = None) -> Any:
 def upgrade(db: Database, revision: str = "head") -> None:
     """Migrate up to `revision` in one transaction."""
     from alembic import command
+    from alembic.util import CommandError
 
     try:
         with db.write() as conn:
             command.upgrade(_alembic(conn), revision)
+    except CommandError as exc:
+        raise ConfigError(
+            f"cannot upgrade to {printable(revision, 80)!r}: {printable(exc)}"
+        ) from None
     except sa_exc.SQLAlchemyError as exc:
         raise db.db_error(exc, "migrating") from None
 
@@ -54,9 +59,32 @@ def downgrade(db: Database, revision: str) -> None:
         with db.write() as conn:
             command.downgrade(_alembic(conn), revision)
     except CommandError as exc:
-        raise ConfigError(f"cannot downgrade to {revision!r}: {exc}") from None
+        raise ConfigError(
+            f"cannot downgrade to {printable(revision, 80)!r}: {printable(exc)}"
+        ) from None
     except sa_exc.SQLAlchemyError as exc:
         raise db.db_error(exc, "migrating") from None
+
+
+def require_sqlite_file(url: str) -> None:
+    """A SQLite archive must exist before anything but `db upgrade` opens it (opening one
+    creates it, empty); other databases are unaffected."""
+    from sync.config import redacted_url
+    from sync.engine import normalize_url
+
+    u = normalize_url(url)
+    path = u.database
+    if (
+        u.get_backend_name() != "sqlite"
+        or not path
+        or path == ":memory:"
+        or path.startswith("file:")
+    ):
+        return
+    if not Path(path).exists():
+        raise DatabaseError(
+            f"database {redacted_url(url)}: no such file; `tasksync db upgrade` creates it"
+        )
 
 
 def current(db: Database) -> str | None:

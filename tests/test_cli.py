@@ -220,6 +220,21 @@ def test_output_piped_into_head_ends_quietly(tmp_path: Path, args: list[str]) ->
     assert err == ""
 
 
+@pytest.mark.parametrize("fmt", ["table", "csv", "json"])
+def test_report_to_a_reader_that_left_ends_quietly(tmp_path: Path, fmt: str) -> None:
+    """`tasksync report | head -0`: the pipe is closed before the report is written; exit 0
+    and nothing on stderr."""
+    db = tmp_path / "a.db"
+    demo = tasksync("demo", "--path", str(db), "--tasks", "300", cwd=tmp_path)
+    assert demo.wait(timeout=120) == 0, demo.communicate()[1]
+    proc = tasksync("--db", f"sqlite:///{db}", "report", "--format", fmt, cwd=tmp_path)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # gone before the first line
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0, err
+    assert err == ""
+
+
 def test_cli_subprocess_error_has_no_traceback(tmp_path: Path) -> None:
     """The installed entry point maps errors to exit codes without a traceback."""
     proc = tasksync("status", cwd=tmp_path, env={"TASKSYNC_CONFIG": str(tmp_path / "missing.toml")})
@@ -296,3 +311,127 @@ def test_report_html_never_overwrites_the_archive(run: Run, tmp_path: Path) -> N
     assert code == 2 and "SQLite database" in err
     assert db.read_bytes()[:16] == b"SQLite format 3\x00"
     assert run("--db", f"sqlite:///{db}", "status", "--no-server")[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        pytest.param(["query", "--timeout", "1e12", "SELECT 1"], "--timeout", id="timeout-huge"),
+        pytest.param(["query", "--timeout", "nan", "SELECT 1"], "not a number", id="timeout-nan"),
+        pytest.param(["query", ""], "refused", id="query-empty"),
+        pytest.param(["query", "  -- only a comment"], "refused", id="query-comment"),
+        pytest.param(["db", "upgrade", "nosuchrev"], "nosuchrev", id="upgrade-unknown-revision"),
+        pytest.param(
+            ["report", "--since", "0001-01-01", "--tz", "Asia/Tokyo"], "--since", id="since-edge"
+        ),
+        pytest.param(
+            ["report", "--until", "9999-12-31T23:00:00", "--tz", "America/New_York"],
+            "--until",
+            id="until-edge",
+        ),
+        pytest.param(["demo", "--tasks", "-5"], "--tasks", id="demo-tasks"),
+        pytest.param(["simulate", "--port", "99999"], "--port", id="simulate-port"),
+        pytest.param(["simulate", "--arrivals", "nan"], "--arrivals", id="simulate-nan"),
+        pytest.param(["--config", "", "status"], "--config", id="empty-config"),
+        pytest.param(["--db", "", "status"], "--db", id="empty-db"),
+    ],
+)
+def test_bad_flags_exit_2_with_one_line(
+    run: Run, tmp_path: Path, args: list[str], words: str
+) -> None:
+    """Out-of-range, empty or unknown flag values: exit 2 and one line naming the flag,
+    never an internal error."""
+    db = f"sqlite:///{tmp_path / 'a.db'}"
+    assert run("--db", db, "db", "upgrade")[0] == 0
+    code, _, err = run(*args, env={"TASKSYNC_DATABASE_URL": db})
+    assert code == 2 and words in err and "internal" not in err, err
+    assert len([ln for ln in err.splitlines() if ln.strip()]) <= 3  # click adds a usage hint
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "mariadb"])
+def test_query_against_an_unreachable_server_database_is_one_line(run: Run, kind: str) -> None:
+    """`query` on a database server nobody listens on: exit 1, the URL named, no password."""
+    url = (
+        "postgresql://u:s3cretpw@127.0.0.1:9/x?connect_timeout=2"
+        if kind == "postgresql"
+        else "mysql+pymysql://u:s3cretpw@127.0.0.1:9/x?connect_timeout=2"
+    )
+    code, _, err = run("--db", url, "query", "SELECT 1")
+    assert code == 1 and "connecting failed" in err and "127.0.0.1:9" in err, err
+    assert "s3cretpw" not in err and "internal" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_mistyped_sqlite_path_is_not_created(run: Run, tmp_path: Path) -> None:
+    """Commands that read or sync an archive never create an empty SQLite file at a mistyped
+    path (only `db upgrade` creates one); a folder given as the file is one line too."""
+    cfg = write_config(tmp_path / "c.toml", f"sqlite:///{tmp_path / 'typo.db'}", "http://x")
+    for args in (["status", "--no-server"], ["sync"], ["report"], ["export"]):
+        code, _, err = run("--config", str(cfg), *args)
+        assert code == 1 and "no such file" in err and "db upgrade" in err, (args, err)
+        assert not (tmp_path / "typo.db").exists()
+    code, _, err = run("--db", f"sqlite:///{tmp_path}", "query", "SELECT 1")
+    assert code == 2 and "folder" in err and "internal" not in err, err
+
+
+def test_query_json_keeps_repeated_columns_and_writes_valid_json(run: Run, tmp_path: Path) -> None:
+    """JSON output: a repeated column name does not swallow the earlier value, and values
+    JSON cannot hold (infinities, NaN) are strings, so the output always parses."""
+    import json
+
+    db = f"sqlite:///{tmp_path / 'a.db'}"
+    run("--db", db, "db", "upgrade")
+    sql = "SELECT 1 AS a, 2 AS a, 3 AS a_2, 1e999 AS x, -1e999 AS y, NULL AS z"
+    code, out, err = run("--db", db, "query", sql, "--format", "json")
+    assert code == 0, err
+    assert json.loads(out) == [
+        {"a": 1, "a_3": 2, "a_2": 3, "x": "Infinity", "y": "-Infinity", "z": None}
+    ]
+
+
+def test_demo_never_replaces_an_archive_or_another_file(run: Run, tmp_path: Path) -> None:
+    """`demo --path` recreates an earlier demo's file, but refuses (exit 2, untouched) a real
+    archive holding other sources' tasks, a non-SQLite file and a name ending in .html."""
+    real = tmp_path / "archive.db"
+    with SimulatorServer(Simulator(30)) as server:
+        cfg = write_config(tmp_path / "c.toml", f"sqlite:///{real}", server.url)
+        assert run("--config", str(cfg), "db", "upgrade")[0] == 0
+        assert run("--config", str(cfg), "backfill")[0] == 0
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    for path in (real, notes, tmp_path / "page.html"):
+        code, _, err = run("demo", "--tasks", "10", "--path", str(path))
+        assert code == 2 and "--path" in err, err
+    from sync.store import Store
+
+    store = Store(f"sqlite:///{real}")
+    assert count(store, Task) == 30
+    store.dispose()
+    assert notes.read_text() == "mine"
+    demo = tmp_path / "demo.db"
+    for _ in range(2):  # a demo's own file is replaced
+        assert run("demo", "--tasks", "10", "--path", str(demo))[0] == 0
+
+
+@pytest.mark.parametrize("api", ["plus", "novicezk"])
+def test_demo_archives_the_simulator_and_answers_sensibly(
+    run: Run, tmp_path: Path, api: str
+) -> None:
+    """The quick start: `tasksync demo` archives every task the simulator holds, syncs the
+    new ones, writes its page and prints answers a newcomer can believe (no task that queued
+    for weeks because the demo woke it up)."""
+    code, out, err = run("demo", "--tasks", "2000", "--api", api)
+    assert code == 0, err
+    assert f"backfill ({api}): 2000 tasks" in out and out.count("sync:") == 3
+    assert "Median queue and run time on" in out and "Status history of task" in out
+    assert (tmp_path / "tasksync-demo.html").read_text().count("<svg") >= 4
+    from sqlalchemy import text
+
+    from sync.store import Store
+
+    store = Store(f"sqlite:///{tmp_path / 'tasksync-demo.db'}")
+    with store.engine.connect() as conn:
+        n, longest = conn.execute(text("SELECT count(*), max(queue_ms) FROM tasks")).one()
+    store.dispose()
+    assert n == 2025
+    assert longest < 3_600_000, f"a demo task queued {longest / 3.6e6:.0f} hours"

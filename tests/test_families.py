@@ -377,6 +377,28 @@ def test_ids_relay_reads_ids_from_a_query_and_a_file(
     store.dispose()
 
 
+@pytest.mark.parametrize(
+    ("ids_query", "code", "words"),
+    [
+        ("SELECT mj_id FROM no_such_table", 1, "no such table"),
+        ("DELETE FROM tasks", 2, "refused"),
+    ],
+)
+def test_a_bad_ids_query_names_its_source_and_key(
+    run: Run, tmp_path: Path, ids_query: str, code: int, words: str
+) -> None:
+    """A failing or writing `ids_query`: one line that says which source and which key."""
+    db = f"sqlite:///{tmp_path / 'a.db'}"
+    cfg = write_config(
+        tmp_path / "c.toml", db, "http://127.0.0.1:9", api="ids", ids_query=ids_query
+    )
+    assert run("--config", str(cfg), "db", "upgrade")[0] == 0
+    got, _out, err = run("--config", str(cfg), "sync")
+    assert got == code, err
+    assert "source 'main': ids_query:" in err and words in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("api", LISTED)
 def test_auto_detection_finds_each_family_reading_only(
     api: str, serve: Callable[[Simulator], SimulatorServer]

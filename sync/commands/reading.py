@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 import click
 
 from sync.app import App, pass_app
+from sync.commands import FiniteRange
 from sync.console import reader_may_leave, render
 from sync.errors import ConfigError
 
@@ -31,9 +31,9 @@ TABLE_FORMAT = click.option(
 @click.option(
     "--timeout",
     "timeout_s",
-    type=float,
+    type=FiniteRange(0, 86_400, min_open=True),
     metavar="SECONDS",
-    help="Stop the statement after this long (default: [query] timeout_s, 30).",
+    help="Stop the statement after this long, at most 86400 (default: [query] timeout_s, 30).",
 )
 @pass_app
 def query(app: App, sql: str, fmt: str, timeout_s: float | None) -> None:
@@ -42,8 +42,6 @@ def query(app: App, sql: str, fmt: str, timeout_s: float | None) -> None:
 
     settings = app.settings
     timeout = settings.query.timeout_s if timeout_s is None else timeout_s
-    if not (math.isfinite(timeout) and timeout > 0):
-        raise ConfigError("--timeout: a number of seconds greater than 0")
     url = settings.query.url or settings.database.url
     with readonly.run(url, sql, timeout) as (cols, rows), reader_may_leave():
         for text in render(cols, rows, fmt):
@@ -141,8 +139,8 @@ def report(
         click.echo(json.dumps(metadata(stem), indent=2, ensure_ascii=False))
         return
     zone = _zone(tz)
-    start = since.replace(tzinfo=zone).astimezone(UTC) if since else None
-    end = until.replace(tzinfo=zone).astimezone(UTC) if until else None
+    start = _in_utc(since, zone, "--since")
+    end = _in_utc(until, zone, "--until")
     if start and end and start >= end:
         raise ConfigError("--since must be before --until")
     store = app.store()
@@ -165,15 +163,28 @@ def report(
             raise ConfigError(f"--html {html_path}: {exc.strerror or exc}") from None
         click.echo(f"wrote {html_path} ({len(result.sources)} sources, {result.by}s in {tz})")
         return
-    if fmt == "json":
-        click.echo(json.dumps(rp.as_json(result), indent=2, ensure_ascii=False))
-    elif fmt == "csv":
-        rows = [tuple(rp.row_values(r)) for r in result.rows]
-        for line in render(list(rp.COLUMNS), rows, "csv"):
-            click.echo(line)
-    else:
-        for line in rp.as_lines(result):
-            click.echo(line)
+    with reader_may_leave():
+        if fmt == "json":
+            click.echo(json.dumps(rp.as_json(result), indent=2, ensure_ascii=False))
+        elif fmt == "csv":
+            rows = [tuple(rp.row_values(r)) for r in result.rows]
+            for line in render(list(rp.COLUMNS), rows, "csv"):
+                click.echo(line)
+        else:
+            for line in rp.as_lines(result):
+                click.echo(line)
+
+
+def _in_utc(when: datetime | None, zone: Any, flag: str) -> datetime | None:
+    """A wall-clock time in `zone` as UTC; one line when it falls off the calendar there."""
+    if when is None:
+        return None
+    try:
+        return when.replace(tzinfo=zone).astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ConfigError(
+            f"{flag}: {when.isoformat(' ')} in that time zone is not a date of the calendar in UTC"
+        ) from None
 
 
 def _zone(name: str) -> Any:

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from sync.app import App, pass_app
+from sync.commands import FiniteRange
 from sync.config import effective_view
 from sync.console import stop_on_signals
 from sync.errors import ConfigError, TasksyncError
@@ -45,15 +46,21 @@ def config_check(app: App) -> None:
                 click.echo(f"# source {src.name}: api = auto could not tell: {exc}")
 
 
+MAX_TASKS = 10_000_000  # the simulator holds its tasks in memory
+PER_REQUEST = FiniteRange(0, 1_000)
+
+
 @click.command()
-@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65_535), default=8080, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--tasks", type=int, default=10_000, show_default=True)
+@click.option("--tasks", type=click.IntRange(0, MAX_TASKS), default=10_000, show_default=True)
 @click.option("--seed", type=int, default=7, show_default=True)
 @click.option("--token-env", metavar="NAME", help="Require the token in this env variable.")
-@click.option("--arrivals", type=float, default=0.0, help="New tasks per request (live mode).")
-@click.option("--updates", type=float, default=0.0, help="Status steps per request.")
-@click.option("--expiries", type=float, default=0.0, help="Oldest tasks dropped per request.")
+@click.option(
+    "--arrivals", type=PER_REQUEST, default=0.0, help="New tasks per request (live mode)."
+)
+@click.option("--updates", type=PER_REQUEST, default=0.0, help="Status steps per request.")
+@click.option("--expiries", type=PER_REQUEST, default=0.0, help="Oldest tasks dropped per request.")
 @click.option(
     "--faults",
     default="",
@@ -130,7 +137,7 @@ def simulate(
     show_default=True,
     help="The SQLite file the demo (re)creates.",
 )
-@click.option("--tasks", type=int, default=5000, show_default=True)
+@click.option("--tasks", type=click.IntRange(1, MAX_TASKS), default=5000, show_default=True)
 @click.option(
     "--api",
     type=click.Choice(["plus", "trueai", "novicezk", "newapi", "ids"]),
