@@ -19,6 +19,9 @@ from sync.simulator import Simulator, SimulatorServer
 from sync.store import Store
 
 from .helpers import BACKENDS, CI, LAUNCHED, Run, fresh_database, migrated, unreachable
+from .offline.sitecustomize import install as stay_offline
+
+stay_offline()  # no test reaches past loopback (tests/offline/sitecustomize.py)
 
 NO_FLOOR = pytest.StashKey[str]()
 

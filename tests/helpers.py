@@ -215,7 +215,9 @@ def tasksync(
     """Start `python -m sync ARGS` from this checkout in `cwd`, with `env` added to the
     environment; stdout and stderr go to `log` together when given, else to two pipes."""
     cmd = [sys.executable, "-m", "sync", *args]
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    # tests/offline first: its sitecustomize keeps the child off the network (see there).
+    path = os.pathsep.join([str(ROOT / "tests" / "offline"), str(ROOT)])
+    full_env = {**os.environ, "PYTHONPATH": path, **(env or {})}
     if log is None:
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env, cwd=cwd
