@@ -38,14 +38,14 @@ class App:
             self._settings = load(self.config_path, self.db_url)
         return self._settings
 
-    def store(self, *, migrate_check: bool = True) -> Store:
+    def store(self, *, migrate_check: bool = True, create: bool = False) -> Store:
         """The archive, connected (and, unless told otherwise, at the newest revision);
-        closed when the command ends."""
+        closed when the command ends. Only `create` (db upgrade) may make a new SQLite file."""
         from sync import schema
         from sync.store import Store
 
         url = self.settings.database.url
-        if migrate_check:
+        if not create:
             schema.require_sqlite_file(url)  # a mistyped path is not created empty
         store = Store(url)
         click.get_current_context().call_on_close(store.dispose)

@@ -10,6 +10,8 @@ is `sync.console`.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import traceback
 
@@ -94,6 +96,14 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("tasksync: interrupted", err=True)
         sys.exit(130)
+    except OSError as exc:  # the machine said no: a full disk, output that cannot be written
+        if verbose:
+            traceback.print_exc()
+        where = f" ({exc.filename})" if exc.filename else ""
+        with contextlib.suppress(OSError, ValueError):  # stdout may be what failed:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # quiet at exit
+        click.echo(f"tasksync: error: {exc.strerror or exc}{where}", err=True)
+        sys.exit(1)
     except Exception as exc:
         if verbose:
             traceback.print_exc()

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tomllib
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -30,6 +32,26 @@ DRIVERS = {
 }
 # Query-string keys of a database URL that carry a secret (hidden like the password).
 SECRET_URL_KEYS = {"password", "passwd", "sslpassword", "sslkey_password"}
+
+
+def read_small_file(path: Path, limit: int, what: str) -> str:
+    """A regular file's UTF-8 text, at most `limit` bytes. Anything else (a folder, a FIFO,
+    /dev/zero) is refused at once instead of blocking or filling memory."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO does not block the open
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read it: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigError(f"{what}: not a regular file")
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ConfigError(f"{what}: larger than {limit:,} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} is not UTF-8 text") from None
 
 
 def _int(default: int, **bounds: Any) -> Any:
@@ -60,6 +82,14 @@ def check_database_url(v: str) -> str:
     if backend not in DRIVERS or (driver and driver not in DRIVERS[backend]):
         supported = "sqlite, postgresql (psycopg), mysql or mariadb (pymysql)"
         raise ValueError(f"unsupported database {url.drivername!r}; tasksync supports {supported}")
+    if url.host and "@" in url.host:
+        raise ValueError("an '@' in the user name or password must be written %40")
+    if backend != "sqlite" and not url.database:
+        raise ValueError(f"the URL names no database ({backend}://USER@HOST/DATABASE)")
+    if backend == "sqlite" and url.query:
+        raise ValueError("a SQLite URL takes no ?options")
+    if backend == "sqlite" and url.database in (None, "", ":memory:"):
+        raise ValueError("an in-memory SQLite database keeps nothing: name a file (sqlite:///F)")
     return v
 
 
@@ -132,7 +162,7 @@ class SourceSettings(_Strict):
     token_file: Path | None = None
     auth_header: Literal["mj-api-secret", "Authorization"] = "mj-api-secret"
     page_size: int = _int(100, ge=1, le=100)
-    max_requests_per_second: float = _float(5.0, gt=0, le=100_000)
+    max_requests_per_second: float = _float(5.0, ge=0.001, le=100_000)
     timeout_s: float = _float(30.0, gt=0, le=3600)
     retry_attempts: int = _int(6, ge=1, le=50)
     retry_budget_s: float = _float(120.0, gt=0, le=86_400)
@@ -180,14 +210,7 @@ class SourceSettings(_Strict):
                 raise ConfigError(f"{self._token_where()} is not set")
             return check_token(value, self._token_where())
         if self.token_file:
-            try:
-                value = self.token_file.read_text(encoding="utf-8")
-            except UnicodeDecodeError:
-                raise ConfigError(f"{self._token_where()} is not UTF-8 text") from None
-            except OSError as exc:
-                raise ConfigError(
-                    f"{self._token_where()}: cannot read it: {exc.strerror}"
-                ) from None
+            value = read_small_file(self.token_file, 65_536, self._token_where())
             return check_token(value, self._token_where())
         return None
 
@@ -271,9 +294,11 @@ def check_cron(v: str) -> str:
     from apscheduler.triggers.cron import CronTrigger
 
     try:
-        CronTrigger(**cron_fields(v), timezone="UTC")
+        trigger = CronTrigger(**cron_fields(v), timezone="UTC")
     except ValueError as exc:
         raise ValueError(f"bad cron expression {v!r}: {exc}") from None
+    if trigger.get_next_fire_time(None, datetime.now(UTC)) is None:
+        raise ValueError(f"cron expression {v!r} never fires (a day no month has?)")
     return v
 
 
@@ -286,7 +311,7 @@ class ScheduleSettings(_Strict):
     images: str = "*/5 * * * *"
     images_every: str | None = None
     run_at_start: bool = Field(default=True, strict=True)
-    misfire_grace_s: int = _int(300, ge=1)
+    misfire_grace_s: int = _int(300, ge=1, le=86_400)
     shutdown_timeout_s: float = _float(30.0, gt=0, le=3600)
 
     _tz = field_validator("timezone")(check_timezone)
@@ -322,7 +347,7 @@ class ImagesSettings(_Strict):
     roles: list[Role] = list(ROLES)
     max_mb: float = _float(64.0, gt=0, le=4096)
     concurrency: int = _int(4, ge=1, le=64)
-    max_requests_per_second: float = _float(10.0, gt=0, le=10_000)
+    max_requests_per_second: float = _float(10.0, ge=0.001, le=10_000)
     timeout_s: float = _float(60.0, gt=0, le=3600)
     max_attempts: int = _int(5, ge=1, le=100)
     max_redirects: int = _int(5, ge=0, le=20)
@@ -335,13 +360,29 @@ class ImagesSettings(_Strict):
             raise ValueError('a list of task statuses, such as ["SUCCESS"]')
         return v
 
+    @field_validator("roles")
+    @classmethod
+    def _some_role(cls, v: list[Role]) -> list[Role]:
+        if not v:
+            raise ValueError(f"a list of link roles, some of {list(ROLES)}")
+        return v
+
+    @field_validator("dir", mode="before")
+    @classmethod
+    def _a_folder(cls, v: Any) -> Any:
+        if isinstance(v, str) and not v.strip():
+            raise ValueError('a folder for the files, such as "tasksync-images"')
+        return v
+
     @field_validator("allow_hosts")
     @classmethod
     def _hosts(cls, v: list[str]) -> list[str]:
         for host in v:
             bare = host.strip("[]")
-            if not bare or any(c in bare for c in "/@ \t") or bare.count(":") == 1:
-                raise ValueError(f"{host!r}: a host name or address without a port or path")
+            if not bare or any(c in bare for c in "/@ \t*?") or bare.count(":") == 1:
+                raise ValueError(
+                    f"{host!r}: a host name or address, exactly (no port, path or wildcard)"
+                )
         return [h.strip("[]").lower() for h in v]
 
 
@@ -424,13 +465,12 @@ def load(
         path = DEFAULT_CONFIG
     data: dict[str, Any] = {}
     if path is not None:
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        text = read_small_file(path, 1 << 20, f"config file {path}")
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     url = db_url or env.get("TASKSYNC_DATABASE_URL")
     if url:

@@ -127,6 +127,12 @@ class Database:
                 conn.exec_driver_sql("SELECT 1")
         except sa_exc.SQLAlchemyError as exc:
             raise self.db_error(exc, "connecting") from None
+        except (ValueError, TypeError, LookupError, AttributeError) as exc:
+            # A driver choking on a URL option (MySQL ?charset=bogus, say) before it connects.
+            raise DatabaseError(
+                f"database {self.display_url}: connecting failed: the URL's options were "
+                f"refused ({type(exc).__name__}: {scrub(str(exc), self.url)})"
+            ) from None
 
     def warnings(self) -> list[str]:
         """Settings of the database server that will hurt a long-running archive."""

@@ -490,6 +490,8 @@ class Verified:
 def verify(store: Store, settings: ImagesSettings) -> Verified:
     """Re-hash every fetched file: those missing from the folder, and those whose bytes no
     longer hash to their name."""
+    if settings.dir.exists() and not settings.dir.is_dir():
+        raise ConfigError(f"[images] dir {settings.dir}: not a folder")
     out = Verified()
     for sha, path, _size in store.images.files():
         full = settings.dir / path
@@ -498,8 +500,11 @@ def verify(store: Store, settings: ImagesSettings) -> Verified:
             with full.open("rb") as f:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     digest.update(chunk)
-        except FileNotFoundError:
-            out.missing.append(path)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            out.missing.append(path)  # a folder in its place is no file either
+            continue
+        except OSError:
+            out.corrupted.append(path)  # there, but it cannot be read
             continue
         if digest.hexdigest() != sha:
             out.corrupted.append(path)

@@ -155,11 +155,14 @@ def backfill(
     the command line and the daemon allow. It stamps pages with the real time, so leave it
     off with a test's clock."""
 
+    given = list(ids)
+
     def body(report: RunReport, family: Family) -> None:
+        _ids_only_for_relays(src, family, given)
         run = _Run(store, client, src, clock, report, stop, False)
         if not family.guarantees.paged:
             if family.name == "ids":
-                run.refresh(wanted_ids(store, src, ids))
+                run.refresh(wanted_ids(store, src, given))
             else:
                 run.whole(progress)
             return
@@ -192,11 +195,14 @@ def incremental(
     stopped returning are asked again with backoff): the head of a paged list, the whole list
     of a family that serves it at once, or a relay's given ids."""
 
+    given = list(ids)
+
     def body(report: RunReport, family: Family) -> None:
+        _ids_only_for_relays(src, family, given)
         run = _Run(store, client, src, clock, report, stop, dry_run)
         due = store.recheck_due(src.name, clock())
         if family.name == "ids":
-            run.refresh(wanted_ids(store, src, ids))
+            run.refresh(wanted_ids(store, src, given))
         elif not family.guarantees.paged:
             run.whole(None)
         elif family.guarantees.by_ids:
@@ -264,6 +270,14 @@ def sweep(
     return run_recorded(store, client, src, "sweep", clock, body, dry_run=dry_run)
 
 
+def _ids_only_for_relays(src: SourceSettings, family: Family, given: list[str]) -> None:
+    if given and family.name != "ids":
+        raise ConfigError(
+            f"source {src.name!r}: --ids-from is for servers without a task list "
+            f"(api = ids); this one is {family.name}, whose list is read instead"
+        )
+
+
 def wanted_ids(store: Store, src: SourceSettings, given: Iterable[str]) -> list[str]:
     """The ids a relay's run refreshes: those given (`--ids-from`), or else the first column
     of the source's `ids_query`, run read-only against the archive's database."""
@@ -281,11 +295,10 @@ def wanted_ids(store: Store, src: SourceSettings, given: Iterable[str]) -> list[
 
 
 def read_ids_file(path: Path) -> list[str]:
-    """One id per line (blank lines and #-comments skipped)."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--ids-from {path}: cannot read it ({exc})") from None
+    """One id per line (blank lines and #-comments skipped); a regular file of at most 64 MB."""
+    from sync.config import read_small_file
+
+    lines = read_small_file(path, 64 << 20, f"--ids-from {path}").splitlines()
     return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
 
 

@@ -262,6 +262,7 @@ def _server(url: Any, dialect: str, sql: str, timeout_s: float) -> Iterator[Rows
     from sqlalchemy import exc as sa_exc
     from sqlalchemy.pool import NullPool
 
+    from sync.config import redacted_url
     from sync.engine import scrub
 
     ms = max(1, int(timeout_s * 1000))
@@ -272,7 +273,7 @@ def _server(url: Any, dialect: str, sql: str, timeout_s: float) -> Iterator[Rows
     else:
         connect_args = {"client_flag": 0, "local_infile": False}  # no multi-statements
     engine = create_engine(url, poolclass=NullPool, connect_args=connect_args)
-    where = url.render_as_string(hide_password=True)
+    where = redacted_url(url.render_as_string(hide_password=False))  # ?password= too
     try:
         try:
             raw = engine.raw_connection()
@@ -396,7 +397,8 @@ def query_all(
         return cols, list(rows)
 
 
-READER_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+READER_NAME = r"[A-Za-z_][A-Za-z0-9_]{0,62}"  # whole (fullmatch): no trailing newline
+READER_HOST = r"[A-Za-z0-9_.%:\-]{1,255}"  # a MariaDB host pattern: nothing to escape
 PASSWORD_MARK = "'***'"
 
 
@@ -427,8 +429,15 @@ def grant_reader_sql(
     running, and what is shown keeps the placeholder."""
     import re
 
-    if not re.match(READER_NAME, name):
-        raise ConfigError(f"reader name {name!r}: letters, digits and _ only (at most 63)")
+    if not re.fullmatch(READER_NAME, name):
+        raise ConfigError(
+            f"reader name {printable(name, 80)!r}: letters, digits and _ only (at most 63)"
+        )
+    if not re.fullmatch(READER_HOST, host):
+        raise ConfigError(
+            f"--host {printable(host, 80)!r}: a host name, address or pattern "
+            "(letters, digits, . - _ : and %)"
+        )
     if password is not None and not password.isprintable():
         raise ConfigError("the reader's password contains control characters")
     if dialect == "postgresql":
@@ -442,7 +451,7 @@ def grant_reader_sql(
         out += [f'GRANT SELECT ON TABLE "{r}" TO "{name}"' for r in relations]
         return out
     if dialect in ("mysql", "mariadb"):
-        user = f"'{name}'@'{host.replace(chr(39), '')}'"
+        user = f"'{name}'@'{host}'"
         pw = "" if password is None else f" IDENTIFIED BY {PASSWORD_MARK}"
         out = [f"CREATE USER IF NOT EXISTS {user}{pw}"]
         if pw:  # an existing user gets the new password too

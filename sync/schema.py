@@ -39,6 +39,7 @@ def upgrade(db: Database, revision: str = "head") -> None:
     from alembic import command
     from alembic.util import CommandError
 
+    _name_given(revision)
     try:
         with db.write() as conn:
             command.upgrade(_alembic(conn), revision)
@@ -55,6 +56,11 @@ def downgrade(db: Database, revision: str) -> None:
     from alembic import command
     from alembic.util import CommandError
 
+    _name_given(revision)
+    if current(db) is None:
+        raise ConfigError(
+            f"database {db.display_url} has no tasksync revision: nothing to downgrade"
+        )
     try:
         with db.write() as conn:
             command.downgrade(_alembic(conn), revision)
@@ -64,6 +70,11 @@ def downgrade(db: Database, revision: str) -> None:
         ) from None
     except sa_exc.SQLAlchemyError as exc:
         raise db.db_error(exc, "migrating") from None
+
+
+def _name_given(revision: str) -> None:
+    if not revision.strip():
+        raise ConfigError("a revision is needed (a revision id, head or base)")
 
 
 def require_sqlite_file(url: str) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -435,3 +438,108 @@ def test_demo_archives_the_simulator_and_answers_sensibly(
     store.dispose()
     assert n == 2025
     assert longest < 3_600_000, f"a demo task queued {longest / 3.6e6:.0f} hours"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u@127.0.0.1:9/x?password=s3cretpw&connect_timeout=2",
+        "mysql+pymysql://u@127.0.0.1:9/x?passwd=s3cretpw&connect_timeout=2",
+    ],
+)
+def test_query_never_prints_a_password_in_the_url_query(run: Run, url: str) -> None:
+    """`query` hides a password given as a URL parameter like every other command."""
+    code, out, err = run("--db", url, "query", "SELECT 1")
+    assert code == 1 and "connecting failed" in err, err
+    assert "s3cretpw" not in out + err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["db", "current"],
+        ["db", "check"],
+        ["db", "downgrade", "base"],
+        ["db", "grant-reader", "bob", "--print"],
+    ],
+)
+def test_db_commands_never_create_a_sqlite_file(run: Run, tmp_path: Path, args: list[str]) -> None:
+    code, _, err = run("--db", f"sqlite:///{tmp_path / 'typo.db'}", *args)
+    assert code == 1 and "no such file" in err, err
+    assert not (tmp_path / "typo.db").exists()
+
+
+def test_downgrade_leaves_a_database_tasksync_never_made_alone(run: Run, tmp_path: Path) -> None:
+    import sqlite3
+
+    other = tmp_path / "other.db"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE mine (x)")
+    con.commit()
+    code, _, err = run("--db", f"sqlite:///{other}", "db", "downgrade", "base")
+    assert code == 2 and "no tasksync revision" in err, err
+    names = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
+    con.close()
+    assert names == {"mine"}
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "fifo"])
+def test_ids_from_a_special_file_is_refused_at_once(run: Run, tmp_path: Path, special: str) -> None:
+    """`--ids-from /dev/zero` or a FIFO: exit 2 at once, not a hang that fills memory."""
+    import os
+
+    path = special
+    if special == "fifo":
+        path = str(tmp_path / "f")
+        os.mkfifo(path)
+    cfg = write_config(tmp_path / "c.toml", f"sqlite:///{tmp_path / 'a.db'}", "http://x", api="ids")
+    assert run("--config", str(cfg), "db", "upgrade")[0] == 0
+    code, _, err = run("--config", str(cfg), "sync", "--ids-from", path)
+    assert code == 2 and "not a regular file" in err, err
+
+
+def test_ids_from_is_refused_where_it_would_be_ignored(run: Run, tmp_path: Path) -> None:
+    """`--ids-from` on a server with a list, or with `--sweep`: exit 2, not silently unused."""
+    ids = tmp_path / "ids.txt"
+    ids.write_text("1\n2\n")
+    with SimulatorServer(Simulator(10)) as server:
+        cfg = write_config(tmp_path / "c.toml", f"sqlite:///{tmp_path / 'a.db'}", server.url)
+        assert run("--config", str(cfg), "db", "upgrade")[0] == 0
+        code, _, err = run("--config", str(cfg), "sync", "--ids-from", str(ids))
+        assert code == 2 and "--ids-from is for servers without a task list" in err, err
+        code, _, err = run("--config", str(cfg), "backfill", "--ids-from", str(ids))
+        assert code == 2 and "--ids-from" in err, err
+    code, _, err = run("--config", str(cfg), "sync", "--sweep", "--ids-from", "nosuch.txt")
+    assert code == 2 and "not with --sweep" in err, err
+
+
+def test_output_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    """`tasksync db current > /dev/full`: exit 1 and one line saying why, no traceback."""
+    db = tmp_path / "a.db"
+    assert tasksync("--db", f"sqlite:///{db}", "db", "upgrade", cwd=tmp_path).wait(60) == 0
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-m", "sync", "--db", f"sqlite:///{db}", "db", "current"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            timeout=60,
+        )
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip() == "tasksync: error: No space left on device"
+
+
+def test_images_verify_says_what_is_wrong_with_the_folder(run: Run, tmp_path: Path) -> None:
+    """`[images] dir` that is a file: exit 2 naming it, for verify and for the daemon."""
+    cfg = write_config(
+        tmp_path / "c.toml",
+        f"sqlite:///{tmp_path / 'a.db'}",
+        "http://127.0.0.1:9",
+        extra='\n[images]\nenabled = true\ndir = "/dev/null"\n',
+    )
+    assert run("--config", str(cfg), "db", "upgrade")[0] == 0
+    for args in (["images", "verify"], ["images", "fetch"], ["run"]):
+        code, _, err = run("--config", str(cfg), *args)
+        assert code == 2 and "/dev/null" in err and "internal" not in err, (args, err)

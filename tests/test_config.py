@@ -33,6 +33,9 @@ def load_text(tmp_path: Path, text: str, **env: str) -> Any:
         pytest.param('sync = "61 * * * *"', ["sources[0].sync", "cron"], id="bad-cron"),
         pytest.param('sweep = "0 0 * *"', ["sources[0].sweep", "5 fields"], id="short-cron"),
         pytest.param('token_env = "A-B"', ["token_env"], id="bad-env-name"),
+        pytest.param(
+            "max_requests_per_second = 1e-300", ["max_requests_per_second", "0.001"], id="tiny-rate"
+        ),
     ],
 )
 def test_config_bad_source_values_are_named(tmp_path: Path, line: str, words: list[str]) -> None:
@@ -139,6 +142,32 @@ def test_config_missing_token_is_only_an_error_when_needed(tmp_path: Path) -> No
         pytest.param('[database]\nurl = "not a url"\n', ["database.url"], id="not-url"),
         pytest.param("[query]\ntimeout_s = 0\n", ["query.timeout_s"], id="query-timeout"),
         pytest.param('[query]\nurl = "mssql://x"\n', ["query.url", "unsupported"], id="query-url"),
+        pytest.param(
+            '[schedule]\nsync = "0 0 31 2 *"\n', ["schedule.sync", "never fires"], id="feb-31"
+        ),
+        pytest.param(
+            "[schedule]\nmisfire_grace_s = 100000000000000000\n",
+            ["misfire_grace_s", "86400"],
+            id="huge-grace",
+        ),
+        pytest.param(
+            '[schedule]\nevery = "99999999999999h"\n', ["schedule.every", "8784h"], id="huge-every"
+        ),
+        pytest.param('[database]\nurl = "mysql:///"\n', ["names no database"], id="no-database"),
+        pytest.param('[database]\nurl = "postgresql://"\n', ["names no database"], id="pg-bare"),
+        pytest.param(
+            '[database]\nurl = "postgresql://u:SEC@RETPW@h/x"\n', ["%40"], id="raw-at-in-password"
+        ),
+        pytest.param('[database]\nurl = "sqlite:///a.db?timeout=abc"\n', ["?options"], id="opt"),
+        pytest.param('[database]\nurl = "sqlite://"\n', ["in-memory"], id="sqlite-memory"),
+        pytest.param('[images]\ndir = ""\n', ["images.dir", "folder"], id="images-dir-empty"),
+        pytest.param("[images]\nroles = []\n", ["images.roles"], id="images-no-roles"),
+        pytest.param('[images]\nallow_hosts = ["*"]\n', ["wildcard"], id="images-wildcard"),
+        pytest.param(
+            "[images]\nmax_requests_per_second = 1e-300\n",
+            ["images.max_requests_per_second", "0.001"],
+            id="images-tiny-rate",
+        ),
     ],
 )
 def test_config_bad_schedule_and_database(tmp_path: Path, text: str, words: list[str]) -> None:
@@ -170,3 +199,29 @@ def test_redacted_url_hides_password_and_secret_parameters() -> None:
     """A database URL's password and password-like query parameters are shown as ***."""
     shown = redacted_url(f"postgresql://u:{SECRET}@h/db?sslpassword={SECRET}&sslmode=require")
     assert SECRET not in shown and "sslmode=require" in shown and "***" in shown
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "fifo", "folder"])
+def test_config_and_token_files_must_be_regular_files(tmp_path: Path, special: str) -> None:
+    """A config file or token file that is /dev/zero, a FIFO or a folder is refused at once
+    (it neither blocks nor fills memory)."""
+    import os
+
+    path = Path(special)
+    if special == "fifo":
+        path = tmp_path / "f"
+        os.mkfifo(path)
+    elif special == "folder":
+        path = tmp_path
+    with pytest.raises(ConfigError, match=r"not a regular file"):
+        load(str(path), environ={})
+    conf = load_text(tmp_path, SOURCE + f'token_file = "{path}"\n')
+    with pytest.raises(ConfigError, match=r"not a regular file"):
+        conf.sources[0].token()
+
+
+def test_config_files_have_a_size_cap(tmp_path: Path) -> None:
+    big = tmp_path / "big.toml"
+    big.write_text("# " + "x" * (1 << 20) + "\n")
+    with pytest.raises(ConfigError, match="larger than"):
+        load(str(big), environ={})

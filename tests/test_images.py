@@ -475,10 +475,13 @@ def test_verify_finds_missing_and_corrupted_files_and_status_counts(
     files = sorted(p for p in (tmp_path / "pics").rglob("*.*") if ".tmp" not in p.parts)
     files[0].unlink()
     files[1].write_bytes(b"not what it was")
+    files[2].unlink()
+    files[2].mkdir()  # a folder where the file was: missing too, not an internal error
     code, out, _ = run("--config", str(cfg), "images", "verify")
     assert code == 1
     assert f"missing:   {files[0].relative_to(tmp_path / 'pics')}" in out
     assert f"corrupted: {files[1].relative_to(tmp_path / 'pics')}" in out
+    assert f"missing:   {files[2].relative_to(tmp_path / 'pics')}" in out
     code, out, _ = run("--config", str(cfg), "status", "--no-server")
     line = next(x for x in out.splitlines() if x.strip().startswith("images"))
     assert " fetched (" in line and " expired" in line and "0 pending" in line

@@ -365,3 +365,21 @@ def test_query_uses_the_query_url_and_timeout_from_config(
     assert capsys.readouterr().out.splitlines() == ["n", "120"]
     for bad in ("0", "-1", "inf", "nan"):
         assert cli("--config", str(cfg), "query", "SELECT 1", "--timeout", bad) == 2, bad
+
+
+@pytest.mark.parametrize(
+    ("name", "host"),
+    [("bob\n", "%"), ("bob", "a\\"), ("bob", "a' IDENTIFIED BY 'x"), ("bob", "")],
+)
+def test_grant_reader_refuses_names_and_hosts_that_would_break_quoting(
+    name: str, host: str
+) -> None:
+    """A reader name with a trailing newline, or a MariaDB host with a backslash or quote
+    (which would end the quoted host early and leave the password outside any quotes) is a
+    one-line ConfigError, before any statement is built."""
+    from sync.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        readonly.grant_reader_sql(
+            "mariadb", name, "test", ["tasks"], exists=False, password="s3cret", host=host
+        )

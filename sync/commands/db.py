@@ -25,7 +25,7 @@ def db_upgrade(app: App, revision: str) -> None:
     """Migrate the database up to REVISION (default: head)."""
     from sync import schema
 
-    store = app.store(migrate_check=False)
+    store = app.store(migrate_check=False, create=True)
     schema.upgrade(store, revision)
     click.echo(f"database {store.display_url} at revision {schema.current(store)}")
 

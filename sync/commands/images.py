@@ -6,6 +6,7 @@ import click
 
 from sync.app import App, pass_app
 from sync.console import ProgressDisplay
+from sync.errors import ConfigError
 
 
 @click.group()
@@ -22,6 +23,8 @@ def images_fetch(app: App, name: str | None, limit: int | None) -> None:
     from sync import images as img
 
     settings = app.settings
+    if not settings.images.enabled:
+        raise ConfigError("images fetch: [images] enabled = false; set it to true to fetch")
     sources = [(s.name, s.base_url) for s in settings.source(name)]
     store = app.store()
     with ProgressDisplay("images", unit="files") as progress:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from sync.app import App, pass_app
+from sync.errors import ConfigError
 
 
 @click.command()
@@ -60,6 +61,8 @@ def sync_cmd(
     from sync import pipeline
 
     if sweep:
+        if ids_from:
+            raise ConfigError("--ids-from: not with --sweep (a sweep looks at every archived id)")
         app.run_sources(
             name,
             pipeline.sweep,
