@@ -474,6 +474,10 @@ def load(
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     url = db_url or env.get("TASKSYNC_DATABASE_URL")
     if url:
+        try:
+            check_database_url(url)
+        except ValueError as exc:  # named as given, not as a key of the file
+            raise ConfigError(f"{'--db' if db_url else 'TASKSYNC_DATABASE_URL'}: {exc}") from None
         data.setdefault("database", {})
         if isinstance(data["database"], dict):
             data["database"] = {**data["database"], "url": url}
