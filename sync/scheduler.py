@@ -40,6 +40,7 @@ from sync.config import Settings, SourceSettings, cron_fields, interval_seconds
 from sync.console import log_run
 from sync.errors import ConfigError, LockHeld, TasksyncError
 from sync.metrics import Metrics
+from sync.runs import RunReport
 from sync.store import Store
 
 log = logging.getLogger("tasksync.daemon")
@@ -97,6 +98,7 @@ class Daemon:
         self.store = store
         self.stop = threading.Event()
         self.metrics = Metrics()
+        self.archived: dict[str, int] = {}  # the tasks_archived gauge per source (_archived)
         self.active = 0
         self.syncing = 0  # task runs under way: the image job waits for them to end
         self.idle = threading.Condition()
@@ -229,6 +231,23 @@ class Daemon:
             if turns.sweep_due is None:
                 return
 
+    def _archived(self, report: RunReport) -> int | None:
+        """Tasks present in the archive, for the gauge: counted at a source's first run and
+        after each sweep (which reads the whole list anyway); after a sync, the last count plus
+        what it inserted or saw return (a sync never marks gone). Counting after every sync
+        would make each one cost more as the archive grows: ~60-110 ms at 1M tasks on SQLite,
+        more than the sync itself."""
+        known = self.archived.get(report.source)
+        if known is None or report.kind == "sweep":
+            try:
+                known = self.store.count_tasks(report.source, present_only=True)
+            except TasksyncError:
+                return None
+        else:
+            known += report.inserted + report.returned
+        self.archived[report.source] = known
+        return known
+
     def _run(self, src: SourceSettings, kind: str) -> None:
         with self.idle:
             self.syncing += 1
@@ -241,11 +260,7 @@ class Daemon:
                 else:
                     report = pipeline.incremental(self.store, client, src, stop=self.stop)
             log_run(report)
-            try:
-                archived: int | None = self.store.count_tasks(src.name, present_only=True)
-            except TasksyncError:
-                archived = None
-            self.metrics.observe(report, archived, time.time())
+            self.metrics.observe(report, self._archived(report), time.time())
         except LockHeld as exc:
             log.info("source %s %s skipped: %s", src.name, kind, exc)
             self.metrics.failed(src.name, kind, "skipped")

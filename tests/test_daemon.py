@@ -7,6 +7,7 @@ import socket
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -287,3 +288,42 @@ def test_daemon_with_syncs_longer_than_their_interval_runs_every_sweep(
     done = sorted((r for r in runs(store) if r.finished_at), key=lambda r: r.started_at)
     for a, b in itertools.pairwise(done):
         assert b.started_at >= a.finished_at, (a, b)
+
+
+def test_the_archived_gauge_does_not_count_the_archive_on_every_sync(
+    sqlite_url: str, serve: Any
+) -> None:
+    """`tasksync_tasks_archived` stays exact while a sync no longer pays for counting the whole
+    archive: counted at the first run and after sweeps, carried forward by what syncs insert."""
+    from sync.config import Settings, SourceSettings
+    from sync.scheduler import Daemon
+
+    store = migrated(sqlite_url)
+    sim = Simulator(300, seed=5)
+    src = SourceSettings(name="main", base_url=serve(sim).url, max_requests_per_second=1000)
+    daemon = Daemon(Settings(sources=[src]), store)
+    counted: list[str] = []
+    real_count = store.count_tasks
+
+    def spy(source: str, *, present_only: bool = False) -> int:
+        counted.append(source)
+        return real_count(source, present_only=present_only)
+
+    store.count_tasks = spy  # type: ignore[method-assign]
+
+    def gauge() -> float | None:
+        return daemon.metrics.registry.get_sample_value(
+            "tasksync_tasks_archived", {"source": "main"}
+        )
+
+    daemon._run(src, "sync")
+    assert counted == ["main"] and gauge() == 300
+    for _ in range(5):
+        sim.arrive(7)
+        daemon._run(src, "sync")
+    assert counted == ["main"], "a sync counted the whole archive"
+    assert gauge() == real_count("main", present_only=True) == 335
+    sim.expire(10)
+    daemon._run(src, "sweep")  # reads everything anyway: the gauge is counted afresh
+    assert gauge() == real_count("main", present_only=True) == 325
+    store.dispose()

@@ -83,3 +83,16 @@ def test_every_subpackage_is_installed() -> None:
     }
     assert found, "no packages found under sync/"
     assert found - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"
+
+
+def test_every_test_the_readme_cites_exists() -> None:
+    """A guarantee backed by a named test keeps its backing: every `test_…` the README names
+    is a test function in tests/ (a rename or removal fails here, not silently in the docs)."""
+    cited = set(re.findall(r"`(test_[a-z0-9_]+)`", README))
+    defined = {
+        m
+        for path in (ROOT / "tests").glob("test_*.py")
+        for m in re.findall(r"^def (test_[a-z0-9_]+)\(", path.read_text(), re.M)
+    }
+    assert cited, "the README names its tests"
+    assert cited <= defined, sorted(cited - defined)
