@@ -14,6 +14,7 @@ treats as untrusted input and fetches without any credential.
 from __future__ import annotations
 
 import contextlib
+import copy
 import email.utils
 import json
 import logging
@@ -39,10 +40,12 @@ from sync.errors import (
     BadResponse,
     ConfigError,
     HTTPStatusError,
+    ServerBusy,
     ServerError,
     ServerRefused,
     ServerUnreachable,
     TasksyncError,
+    keep_secret,
     printable,
 )
 from sync.records import MJ, SHAPES, Shape, task_id
@@ -156,6 +159,8 @@ class Client:
         self.base = source.base_url.rstrip("/")
         # Secrets to scrub from anything the server says back (and variants a JSON echo makes).
         self._secrets = sorted({token, orjson.dumps(token).decode()[1:-1]}) if token else []
+        if token:
+            keep_secret(token)  # printable scrubs it too, wherever server text is quoted
         headers = {
             "Accept": "application/json",
             "Accept-Encoding": ACCEPT_ENCODING,
@@ -224,21 +229,48 @@ class Client:
             s = s.replace(secret, "***")
         return printable(s, limit)
 
+    @contextlib.contextmanager
+    def _scrubbed(self) -> Iterator[None]:
+        """Errors the families raise quote what the server sent (its keys, a parser's view of
+        the body): a server that echoes the token must not get it into a message, a log or
+        `sync_runs.error`."""
+        try:
+            yield
+        except TasksyncError as exc:
+            text = str(exc)
+            if any(secret in text for secret in self._secrets):
+                clean = copy.copy(exc)  # same type and attributes (an HTTP status, say)
+                clean.args = (self.say(text, 1000),)
+                raise clean from None
+            raise
+
     # ---- the task list, as the source's family serves it -------------------------------------
     def query_page(self, number: int, size: int, *, keep_body: bool = False) -> ServerPage:
         """Page `number` (counted from 0 whatever the family's own base) of the task list,
         newest first; with `keep_body`, the reply's bytes ride along in `page.body`."""
-        return self.api().page(self, number, size, keep_body)
+        with self._scrubbed():
+            return self.api().page(self, number, size, keep_body)
 
     def list_by_ids(self, ids: list[str]) -> list[Any]:
         """The tasks with these ids (at most 100) that the server still has."""
         if len(ids) > BY_IDS_MAX:
             raise ValueError("at most 100 ids per request")
-        return self.api().by_ids(self, ids)
+        with self._scrubbed():
+            tasks = self.api().by_ids(self, ids)
+        asked = set(ids)
+        kept = [t for t in tasks if task_id(t, self.shape) in asked]
+        if len(kept) < len(tasks):  # not what was asked for: never saved as if it were
+            log.warning(
+                "source %s: list-by-condition returned %d tasks that were not asked for; ignored",
+                self.source.name,
+                len(tasks) - len(kept),
+            )
+        return kept
 
     def whole_list(self) -> Iterator[list[Any]]:
         """The whole task list in batches, for a family that serves it as one stream."""
-        return self.api().whole(self)
+        with self._scrubbed():
+            yield from self.api().whole(self)
 
     # ---- one request, retried ---------------------------------------------------------------
     def call(
@@ -405,7 +437,7 @@ class Client:
         if status in RETRY_STATUSES:
             raise _Transient(
                 f"{where} returned {status} ({ctype})",
-                ServerError,
+                ServerBusy,
                 parse_retry_after(resp.headers.get("retry-after")),
             )
         if status != 200:

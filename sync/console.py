@@ -23,6 +23,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
+from sync.errors import printable
 from sync.runs import COUNTERS, RunReport
 
 log = logging.getLogger("tasksync")
@@ -223,7 +224,9 @@ def render(cols: list[str], rows: Iterable[tuple[Any, ...]], fmt: str) -> Iterat
         return
 
     def cells(r: tuple[Any, ...]) -> list[str]:
-        return [("" if v is None else str(v)).replace("\n", " ")[:60] for v in r]
+        # For a terminal: control characters (escape sequences a task may carry) are shown
+        # escaped, never sent. CSV and JSON carry the values as they are.
+        return [printable(("" if v is None else str(v)).replace("\n", " "), 60) for v in r]
 
     head = [cells(r) for r in itertools.islice(it, TABLE_SAMPLE)]
     widths = [max([len(c)] + [len(r[i]) for r in head]) for i, c in enumerate(cols)]

@@ -11,6 +11,8 @@
     │   │                         or the same page over and over)
     │   ├── ServerRefused         HTTP 200 with {"success": false, "message": ...}
     │   ├── HTTPStatusError       an HTTP error status that retries did not cure
+    │   ├── ServerBusy            429 or 5xx that retries did not cure (a bad moment, not a
+    │   │                         verdict on the request: auto-detection stops on it)
     │   └── AuthRefused           401/403: the server refused the token        (exit 2)
     ├── DatabaseError             database unreachable or failing               (exit 1)
     ├── MassGoneRefused           a sweep would mark too much of the archive gone (exit 4)
@@ -24,13 +26,29 @@ cannot forge log lines or carry terminal escape codes.
 
 from __future__ import annotations
 
+import json
+
 MAX_QUOTED = 300
 
 
+_SECRETS: set[str] = set()
+
+
+def keep_secret(secret: str) -> None:
+    """Register a token: `printable` replaces it (and its JSON-escaped form) with *** from now
+    on, wherever server text is quoted (a server may echo the token in anything it sends)."""
+    if len(secret) >= 6:  # a shorter one would scrub ordinary words; Client.say still does
+        _SECRETS.update({secret, json.dumps(secret)[1:-1]})
+
+
 def printable(text: object, limit: int = MAX_QUOTED) -> str:
-    """Untrusted text made safe to print: one line, control and other unprintable characters
-    escaped (as in a Python string literal), cut to `limit` characters."""
+    """Untrusted text made safe to print: registered secrets scrubbed, one line, control and
+    other unprintable characters escaped (as in a Python string literal), cut to `limit`
+    characters."""
     s = text if isinstance(text, str) else str(text)
+    for secret in _SECRETS:
+        if secret in s:
+            s = s.replace(secret, "***")
     if not s.isprintable():
         s = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in s)
     return s if len(s) <= limit else s[: limit - 1] + "…"
@@ -73,6 +91,10 @@ class ServerRefused(ServerError):
 class RunawayList(ServerError):
     """A walk that would never end: the server keeps answering past its own page count, or with
     the same page again and again."""
+
+
+class ServerBusy(ServerError):
+    """429 or 5xx, after retries: the server is having a bad moment."""
 
 
 class HTTPStatusError(ServerError):

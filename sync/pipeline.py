@@ -336,11 +336,15 @@ class _Run:
     def save(self, tasks: Sequence[Any]) -> SaveResult:
         """Save tasks not already handled in this run (so dry-run counts are not doubled)."""
         shape = self.client.shape
-        fresh = [t for t in tasks if task_id(t, shape) not in self.seen]
+        ids = [task_id(t, shape) for t in tasks]
+        fresh = [t for t, i in zip(tasks, ids, strict=True) if i not in self.seen]
         batch = self.store.prepare(self.src.name, fresh, self.clock(), shape=shape)
         res = self.store.save(batch, self.report.run_id, dry_run=self.dry_run)
         self.report.add(res)
         self.seen.update(res.statuses)
+        # Listed is listed, even when this version of a task was rejected: a sweep must not
+        # mark it gone.
+        self.seen.update(i for i in ids if i is not None)
         if self.moved is not None:
             self.moved.update(res.moved)
         return res

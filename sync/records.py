@@ -115,8 +115,8 @@ def epoch_ms(value: Any) -> int | None:
         return None
     elif isinstance(value, str):
         value = value.strip()
-        if not is_digits(value.removeprefix("-")):
-            return None
+        if not is_digits(value.removeprefix("-")) or len(value) > 20:  # > 20 digits: junk
+            return None  # (and int() would refuse more than 4,300)
         ms = int(value)
     elif isinstance(value, float):
         if not math.isfinite(value):

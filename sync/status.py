@@ -122,8 +122,11 @@ def ask_server(store: Store, src: SourceSettings, now: datetime) -> tuple[dateti
             page = client.query_page(0, 1)
             if not page.tasks:
                 return None, "it lists no tasks"
+            newest = page.tasks[0]
+            if not isinstance(newest, dict):
+                return None, "its newest item is not a task object"
             shape = SHAPES[family.shape]
-            return to_utc(epoch_ms(page.tasks[0].get(shape.keys["submit_time"]))), ""
+            return to_utc(epoch_ms(newest.get(shape.keys["submit_time"]))), ""
     except TasksyncError as exc:
         return None, str(exc)
 

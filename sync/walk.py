@@ -53,9 +53,14 @@ class WalkStats:
     complete: bool = False
 
 
-def id_key(tid: str) -> tuple[int, int | str]:
-    """Server order for ids: numerically for ASCII digit strings, else as text."""
-    return (0, int(tid)) if is_digits(tid) else (1, tid)
+def id_key(tid: str) -> tuple[int, int, str]:
+    """Server order for ids: numerically for ASCII digit strings, else as text. Numbers are
+    compared by length and digits rather than through int(), which refuses more than 4,300
+    digits (a hostile id would stop every walk)."""
+    if is_digits(tid):
+        digits = tid.lstrip("0")
+        return (0, len(digits), digits)
+    return (1, 0, tid)
 
 
 class Listing(Protocol):

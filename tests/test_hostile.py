@@ -261,3 +261,127 @@ def test_token_echoed_by_the_server_is_redacted() -> None:
     with pytest.raises(ServerRefused) as info:
         client.query_page(0, 100)
     assert "CANARY" not in str(info.value) and "***" in str(info.value)
+
+
+# ---- found by a hostile-server review of every family (2026-12-06) --------------------------
+
+
+def test_an_id_of_thousands_of_digits_does_not_stop_the_walk(sqlite_store: Store) -> None:
+    """Ids are ordered by length and digits, not through int() (which refuses more than 4,300
+    digits): such an id is rejected alone and the walk and sweep go on."""
+    from sync.walk import id_key
+
+    assert id_key("1" * 5000) > id_key("9" * 4999) > id_key("10") > id_key("009") > id_key("1")
+    assert id_key("007") == id_key("7") and id_key("abc") > id_key("9" * 10)
+    sim = Simulator(300, seed=9)
+    sim.overrides[150] = dict(sim.task(150), id="1" * 5000)
+    sim.overrides[151] = dict(sim.task(151), submitTime="1" * 5000)
+    src = source_for("http://sim.test")
+    client = Client(src, transport=sim_transport(sim))
+    report = pipeline.backfill(sqlite_store, client, src)
+    assert report.outcome == "ok" and (report.inserted, report.rejected) == (299, 1)
+    assert pipeline.sweep(sqlite_store, client, src).outcome == "ok"
+
+
+def test_a_server_echoing_the_token_gets_it_into_no_message(sqlite_store: Store) -> None:
+    """A reply whose keys, body or task ids carry the token: the error, the log line and
+    `sync_runs.error` show *** instead."""
+    canary = "SeCrEt-canary-123"
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=orjson.dumps({canary: 1, "oops": True}))
+
+    src = source_for("http://mj.test", retry_attempts=1)
+    client = Client(src, token=canary, transport=httpx.MockTransport(handler))
+    with pytest.raises(BadResponse) as info:
+        pipeline.backfill(sqlite_store, client, src)
+    assert canary not in str(info.value) and "***" in str(info.value)
+    assert canary not in str(last_run(sqlite_store)["error"])
+
+
+def test_list_by_condition_saves_only_the_tasks_asked_for() -> None:
+    """A relay answering with tasks nobody asked for (other ids, the ids upper-cased or with
+    spaces): only the asked ones come back, so sweeps cannot snowball the archive."""
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        asked = orjson.loads(req.content)["ids"]
+        tasks = [{"id": i, "status": "SUCCESS"} for i in asked]
+        tasks += [{"id": i.upper()} for i in asked] + [{"id": f"{i} "} for i in asked]
+        tasks += [{"id": f"someone-elses-{n}"} for n in range(3)]
+        return httpx.Response(200, content=orjson.dumps(tasks))
+
+    client = Client(source_for("http://mj.test"), transport=httpx.MockTransport(handler))
+    got = client.list_by_ids(["abc", "xyz"])
+    assert sorted(t["id"] for t in got) == ["abc", "xyz"]
+
+
+def test_auto_detection_stops_on_a_busy_server_instead_of_guessing(
+    sqlite_store: Store,
+) -> None:
+    """A plus server that answers its first probe with 503 (and lists its newest tasks at the
+    deprecated /mj/task/list) is not taken for novicezk: detection fails, remembers nothing,
+    and the next run finds plus."""
+    from sync.errors import ServerBusy
+
+    calls = {"query": 0}
+    sim = Simulator(50, seed=3)
+    plain = sim_transport(sim)
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.path == "/mj/task/query":
+            calls["query"] += 1
+            if calls["query"] == 1:
+                return httpx.Response(503, content=b"busy")
+        if req.url.path == "/mj/task/list":
+            newest = [sim.task(i) for i in list(reversed(sim.alive))[:10]]
+            return httpx.Response(200, content=orjson.dumps(newest))
+        return plain.handle_request(req)
+
+    src = source_for("http://mj.test", api="auto", retry_attempts=1)
+    client = Client(src, transport=httpx.MockTransport(handler))
+    with pytest.raises(ServerBusy, match="family"):
+        pipeline.backfill(sqlite_store, client, src)
+    client = Client(src, transport=httpx.MockTransport(handler))
+    report = pipeline.backfill(sqlite_store, client, src)
+    assert report.api == "plus" and report.inserted == 50
+
+
+def test_terminal_output_never_carries_escape_codes(run: Any, tmp_path: Any) -> None:
+    """`query` tables show control characters escaped (click would strip only some of them,
+    and only when the output is not a terminal)."""
+    db = f"sqlite:///{tmp_path / 'a.db'}"
+    assert run("--db", db, "db", "upgrade")[0] == 0
+    sql = "SELECT 'IMAGINE' || char(27) || '[2J' || char(7) AS a"
+    code, out, _ = run("--db", db, "query", sql)
+    assert code == 0 and "\x1b" not in out and "\x07" not in out and "\\x1b[2J" in out
+
+
+def test_a_novicezk_sweep_never_marks_gone_a_task_it_listed(
+    sqlite_store: Store, serve: Any
+) -> None:
+    """A task whose current version is rejected (a status of 10,000 characters) is still
+    listed: the whole-list sweep keeps it, as the paged sweeps do."""
+    sim = Simulator(40, seed=6, api="novicezk")
+    src = source_for(serve(sim).url, api="novicezk")
+    with Client(src) as client:
+        assert pipeline.backfill(sqlite_store, client, src).inserted == 40
+        i = sim.alive[7]
+        sim.overrides[i] = dict(sim.task(i), status="SUCCESS" + "x" * 10_000)
+        report = pipeline.sweep(sqlite_store, client, src)
+    assert report.outcome == "ok" and report.rejected == 1 and report.gone == 0
+
+
+def test_status_says_so_when_the_newest_item_is_not_a_task(sqlite_store: Store) -> None:
+    """`status` asking a server whose newest listed item is not an object: a note, not an
+    internal error."""
+    from datetime import UTC, datetime
+
+    from sync import status
+
+    def respond(*_: Any) -> Chunks:
+        yield 0, http_reply(spring_page(["x"], 0, 1, True))
+
+    with HostileServer(respond) as server:
+        src = source_for(server.url, retry_attempts=1)
+        newest, why = status.ask_server(sqlite_store, src, datetime.now(UTC))
+    assert newest is None and "not a task" in why

@@ -13,7 +13,7 @@ import click
 from sync.app import App, pass_app
 from sync.commands import FiniteRange
 from sync.console import reader_may_leave, render
-from sync.errors import ConfigError
+from sync.errors import ConfigError, printable
 
 DATE = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
 TABLE_FORMAT = click.option(
@@ -172,7 +172,7 @@ def report(
                 click.echo(line)
         else:
             for line in rp.as_lines(result):
-                click.echo(line)
+                click.echo(printable(line, 100_000))  # a task's text may carry escape codes
 
 
 def _in_utc(when: datetime | None, zone: Any, flag: str) -> datetime | None:

@@ -18,7 +18,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sync.errors import AuthRefused, ConfigError, ServerError, ServerUnreachable, TasksyncError
+from sync.errors import (
+    AuthRefused,
+    ConfigError,
+    ServerBusy,
+    ServerError,
+    ServerUnreachable,
+    TasksyncError,
+)
 from sync.families import Family, named
 
 if TYPE_CHECKING:
@@ -39,6 +46,13 @@ def _try(
         return data
     except ServerUnreachable:
         raise  # nothing to tell from silence: say so at once
+    except ServerBusy as exc:
+        # A server having a bad moment says nothing about its family: moving on to the next
+        # probe could settle on the wrong one, and that answer is remembered.
+        raise ServerBusy(
+            f"source {client.source.name}: finding out the server's family: {exc}; tried again "
+            'on the next run (or set api = "plus", "trueai", ... in the config)'
+        ) from None
     except (AuthRefused, ServerError) as exc:
         failures.append(exc)
         return None
