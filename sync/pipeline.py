@@ -20,7 +20,7 @@ from typing import Any
 
 from sync.client import BY_IDS_MAX, Client
 from sync.config import SourceSettings
-from sync.errors import BadResponse, ConfigError, HTTPStatusError, TasksyncError
+from sync.errors import BadResponse, ConfigError, HTTPStatusError, RunawayList, TasksyncError
 from sync.families import Family, describe, detect, named
 from sync.families.ids import NO_LIST
 from sync.reader import PageReader
@@ -278,6 +278,9 @@ def _ids_only_for_relays(src: SourceSettings, family: Family, given: list[str]) 
         )
 
 
+WHOLE_LIST_MAX = 2_000_000  # tasks in one whole-list snapshot (novicezk): ~250 MB of seen ids
+
+
 def wanted_ids(store: Store, src: SourceSettings, given: Iterable[str]) -> list[str]:
     """The ids a relay's run refreshes: those given (`--ids-from`), or else the first column
     of the source's `ids_query`, run read-only against the archive's database."""
@@ -402,9 +405,26 @@ class _Run:
         return stats
 
     def whole(self, progress: Progress | None) -> WalkStats:
-        """The whole list of a family that serves it at once, batch by batch."""
+        """The whole list of a family that serves it at once, batch by batch. A list that
+        never ends stops with one line: batches that name only tasks this snapshot already
+        held, three in a row (the same tasks over and over), or more than WHOLE_LIST_MAX
+        different tasks (new ones without end); nothing is marked gone then."""
+        shape = self.client.shape
+        stale = 0
         for tasks in self.client.whole_list():
             self.report.pages += 1
+            ids = {i for i in (task_id(t, shape) for t in tasks) if i is not None}
+            stale = stale + 1 if ids and ids <= self.seen else 0
+            if stale >= 3 or len(self.seen) > WHOLE_LIST_MAX:
+                why = (
+                    "names the same tasks over and over"
+                    if stale >= 3
+                    else f"holds more than {WHOLE_LIST_MAX:,} tasks"
+                )
+                raise RunawayList(
+                    f"source {self.src.name}: the whole task list {why}: a list that never "
+                    "ends? (what it held so far is saved; nothing is marked gone)"
+                )
             self.save(tasks)
             if progress:
                 progress(self.report.pages, self.report.tasks_seen, None)

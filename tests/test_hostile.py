@@ -4,6 +4,7 @@ bounded, and nothing the server says can forge a log line or carry the token bac
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import tracemalloc
@@ -385,3 +386,78 @@ def test_status_says_so_when_the_newest_item_is_not_a_task(sqlite_store: Store) 
         src = source_for(server.url, retry_attempts=1)
         newest, why = status.ask_server(sqlite_store, src, datetime.now(UTC))
     assert newest is None and "not a task" in why
+
+
+@pytest.mark.parametrize("page_field", ["missing", "a string"])
+def test_newapi_without_a_page_number_reads_every_page_and_marks_nothing_gone(
+    sqlite_store: Store, page_field: str
+) -> None:
+    """A new-api reply that does not say which page it is (no `page`, or `"page": "1"`): the
+    page counting is learnt by comparing p=0 with p=1, so no page is skipped and a sweep marks
+    nothing gone."""
+    sim = Simulator(25, seed=8, api="newapi", newapi_user=1)
+    inner = sim_transport(sim)
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        reply = inner.handle_request(req)
+        body = orjson.loads(reply.read())
+        if page_field == "missing":
+            body["data"].pop("page", None)
+        else:
+            body["data"]["page"] = str(body["data"]["page"])
+        return httpx.Response(reply.status_code, content=orjson.dumps(body))
+
+    src = source_for("http://sim.test", api="newapi", page_size=10, newapi_user=1)
+    client = Client(src, transport=httpx.MockTransport(handler))
+    assert pipeline.backfill(sqlite_store, client, src).inserted == 25
+    client = Client(src, transport=httpx.MockTransport(handler))
+    report = pipeline.sweep(sqlite_store, client, src)
+    assert report.outcome == "ok" and report.gone == 0
+
+
+@pytest.mark.parametrize("distinct", [False, True])
+def test_a_whole_list_that_never_ends_stops_with_one_line(
+    sqlite_store: Store, distinct: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """novicezk's `/mj/task/list` streaming tasks without end (the same one over and over, or
+    new ones forever): the sweep stops with one line, keeps what it read, marks nothing gone."""
+    monkeypatch.setattr(pipeline, "WHOLE_LIST_MAX", 1000)
+
+    def respond(*_: Any) -> Chunks:
+        yield 0, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n["
+        for n in itertools.count():
+            tid = n if distinct else 7
+            yield 0, b'{"id": "%d", "status": "SUCCESS", "submitTime": 1767225600000},' % tid
+
+    with HostileServer(respond) as server:
+        src = hostile_source(server.url, api="novicezk")
+        with Client(src) as client, pytest.raises(RunawayList, match="never ends"):
+            pipeline.sweep(sqlite_store, client, src)
+    kept = count(sqlite_store, Task)
+    assert (1000 <= kept <= 1200) if distinct else kept == 1
+    assert last_run(sqlite_store)["gone"] == 0
+
+
+DEPTH = 1_000_000
+
+
+@pytest.mark.parametrize("opener", [b"[", b'{"a":'])
+def test_a_deeply_nested_whole_list_is_refused_in_bounded_memory(
+    sqlite_store: Store, opener: bytes
+) -> None:
+    """`[[[[…` or `{"a":{"a":…` a million levels deep (ijson's memory grows with the square
+    of the depth): refused with one line before the parser sees it, in little memory."""
+
+    def respond(*_: Any) -> Chunks:
+        yield 0, http_reply(b"[" + opener * DEPTH)
+
+    with HostileServer(respond) as server:
+        src = hostile_source(server.url, api="novicezk")
+        tracemalloc.start()
+        try:
+            with Client(src) as client, pytest.raises(BadResponse, match="bracketed parts"):
+                pipeline.sweep(sqlite_store, client, src)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak < 50 << 20, f"peak {peak >> 20} MB"

@@ -36,6 +36,7 @@ class NewAPI(Family):
 
     def __init__(self) -> None:
         self.base: int | None = None  # 1 for current versions, 0 for old ones, once known
+        self.bare = False  # an old version's bare array: no total
 
     def auth(self, token: str, src: SourceSettings) -> dict[str, str]:
         headers = {"Authorization": f"Bearer {token}"}
@@ -44,13 +45,13 @@ class NewAPI(Family):
         return headers
 
     def state(self) -> Any:
-        return self.base
+        return (self.base, self.bare)
 
     def restore(self, state: Any) -> None:
-        self.base = state
+        self.base, self.bare = state
 
     def notes(self) -> list[str]:
-        if self.base == 0:
+        if self.bare:
             return ["an older new-api: pages without a total, so no drift repair and no gone"]
         return []
 
@@ -65,6 +66,12 @@ class NewAPI(Family):
         data, raw = client.call("GET", path, params={"p": p, "page_size": size})
         where = f"source {client.source.name}: GET {client.base}{path}"
         page = self._parse(data, number, size, where)
+        if self.base is None:
+            # The reply did not say how it counts pages (no `page`): does p=1 give the same
+            # page as p=0? Guessing wrong would skip a page, and a sweep mark its tasks gone.
+            again, _ = client.call("GET", path, params={"p": 1, "page_size": size})
+            second = self._parse(again, number, size, where)
+            self.base = 1 if second.walk_keys == page.walk_keys and page.walk_keys else 0
         return replace(page, body=raw) if keep_body else page
 
     def _parse(self, data: Any, number: int, size: int, where: str) -> ServerPage:
@@ -75,11 +82,12 @@ class NewAPI(Family):
             items: list[Any] = inner["items"]
             total = count(inner.get("total"))
             served = count(inner.get("page_size")) or size
-            if self.base is None:
-                self.base = 1 if count(inner.get("page")) == 1 else 0
+            if self.base is None and count(inner.get("page")) in (0, 1):
+                self.base = count(inner.get("page"))  # None: unknown, learnt in `page`
         elif isinstance(inner, list):  # an older version: 0-based, no total
             items, total, served = inner, None, len(inner) or size
             self.base = 0
+            self.bare = True
         else:
             got = type(data).__name__ if not isinstance(data, dict) else printable(sorted(data)[:6])
             raise BadResponse(f"{where}: expected new-api's {{success, data}}, got {got}")

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 LIST_PATH = "/mj/task/list"
 BATCH = 100  # tasks per batch handed on (as a page would be)
+MAX_OPENS = 2_000  # [ and { in one task: real ones have tens; ijson's memory is depth squared
 
 
 class NoviceZK(Family):
@@ -57,10 +58,12 @@ class _Bounded:
         self.where = where
         self.pending = b""
         self.since = 0
+        self.opens = 0  # [ and { handed on since the last task completed
         self.started = False
 
     def completed(self) -> None:
         self.since = 0
+        self.opens = 0
 
     def read(self, n: int) -> bytes:
         while not self.pending:
@@ -77,10 +80,18 @@ class _Bounded:
                 if head[:1] != b"[":
                     what = "an HTML page" if head[:1] == b"<" else printable(head[:40])
                     raise BadResponse(f"{self.where}: expected a JSON array of tasks, got {what}")
-        # Small reads against a small cap, so a read never spans several whole objects.
-        n = min(n, max(1024, self.limit // 4))
+        # Small reads (so a read never spans many whole objects), checked before ijson sees
+        # them: a byte cap per task, and a cap on brackets per task, because ijson's memory
+        # grows with the square of the nesting depth (a 64 KB `[[[[...` would take gigabytes).
+        n = min(n, 65_536, max(1024, self.limit // 4))
         out, self.pending = self.pending[:n], self.pending[n:]
         self.since += len(out)
+        self.opens += out.count(b"[") + out.count(b"{")
+        if self.opens > MAX_OPENS:
+            raise BadResponse(
+                f"{self.where}: a task with more than {MAX_OPENS:,} nested or bracketed parts "
+                "(no Midjourney task looks like that)"
+            )
         if self.since > self.limit:
             raise BadResponse(
                 f"{self.where}: one task object is larger than max_response_mb "
