@@ -134,6 +134,8 @@ def check_base_url(v: str) -> str:
         raise ValueError("has no host")
     if port == 0:
         raise ValueError("has port 0")
+    if parts.path.rstrip("/").endswith("/mj"):
+        raise ValueError("ends in /mj: leave it out (tasksync adds /mj/... itself)")
     return v
 
 

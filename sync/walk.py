@@ -23,6 +23,7 @@ server's own totals allow (by a margin), or the same page content several times 
 
 from __future__ import annotations
 
+import collections
 import itertools
 import math
 from collections.abc import Callable, Iterator
@@ -84,7 +85,8 @@ class Runaway:
     """Stops a walk over a list that never ends (RunawayList), checked on each page read in
     order: past the page count the server's largest total implies, plus a margin (a live list
     grows while it is read), or the same ids as the page before on each step forward, without
-    the total growing by a page, for `REPEATS` pages running."""
+    the total growing by a page, for `REPEATS` pages running; with no total, also pages that
+    come round again (the ids of one of the last 16 pages)."""
 
     def __init__(self, where: str) -> None:
         self.where = where
@@ -92,6 +94,7 @@ class Runaway:
         self.size = 0
         self.last: tuple[int, list[str], int | None] | None = None
         self.repeats = 0
+        self.recent: collections.deque[tuple[str, ...]] = collections.deque(maxlen=16)
 
     def check(self, number: int, total: int | None, ids: list[str]) -> None:
         self.total = max(self.total, total or 0)
@@ -106,16 +109,24 @@ class Runaway:
         # Only a step forward counts (a page read again after a step back may well repeat),
         # and only when arrivals cannot explain it: a whole page of new tasks pushes the same
         # tasks onto the next page, and the total then grows by at least a page.
-        same = False
-        if self.last is not None and ids and number == self.last[0] + 1 and ids == self.last[1]:
+        same = cycle = False
+        forward = self.last is not None and number == self.last[0] + 1
+        if forward and ids and self.last is not None and ids == self.last[1]:
             before = self.last[2]
             same = total is None or before is None or total - before < len(ids)
+        elif forward and ids and total is None and tuple(ids) in self.recent:
+            # Without a total nothing else bounds the walk: pages that come round again
+            # (A, B, A, B ...) are a list that never ends, as one page over and over is.
+            same = cycle = True
         self.repeats = self.repeats + 1 if same else 0
         self.last = (number, ids, total)
+        if ids and (forward or number == 0):
+            self.recent.append(tuple(ids))
         if self.repeats >= REPEATS - 1:
+            what = "pages it had already returned" if cycle else f"the same {len(ids)} tasks"
             raise RunawayList(
-                f"{self.where}: the task list did not end: the server returned the same "
-                f"{len(ids)} tasks for {REPEATS} pages in a row (up to page {number}); stopped"
+                f"{self.where}: the task list did not end: the server returned {what} for "
+                f"{REPEATS} pages in a row (up to page {number}); stopped"
             )
 
 

@@ -65,6 +65,7 @@ SECRET = "s3cretCANARY"
         pytest.param("http://mj.example.com:abc", ["port"], id="bad-port"),
         pytest.param("http://mj.example.com:99999", ["port"], id="port-range"),
         pytest.param("ftp://mj.example.com", ["http"], id="scheme"),
+        pytest.param("https://mj.example.com/mj/", ["/mj"], id="trailing-mj"),
         pytest.param("http://", ["host"], id="no-host"),
         pytest.param(f"http://mj.example.com/ {SECRET}", ["spaces"], id="space"),
         pytest.param(f"http://mj.example.com/\n{SECRET}", ["control"], id="newline"),

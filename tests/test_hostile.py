@@ -461,3 +461,20 @@ def test_a_deeply_nested_whole_list_is_refused_in_bounded_memory(
         finally:
             tracemalloc.stop()
     assert peak < 50 << 20, f"peak {peak >> 20} MB"
+
+
+def test_pages_that_come_round_again_without_a_total_stop_the_walk(sqlite_store: Store) -> None:
+    """No usable total and pages alternating between two sets (A, B, A, B ...): stopped with
+    one line after a few pages, not walked until killed."""
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        number = orjson.loads(req.content)["pageNumber"]
+        first = 2000 if number % 2 else 3000
+        body = {"content": [{"id": str(first - i)} for i in range(100)], "last": False}
+        return httpx.Response(200, content=orjson.dumps(body))
+
+    src = source_for("http://mj.test")
+    client = Client(src, transport=httpx.MockTransport(handler))
+    with pytest.raises(RunawayList, match="already returned"):
+        pipeline.backfill(sqlite_store, client, src)
+    assert client.requests < 10
