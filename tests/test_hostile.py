@@ -478,3 +478,21 @@ def test_pages_that_come_round_again_without_a_total_stop_the_walk(sqlite_store:
     with pytest.raises(RunawayList, match="already returned"):
         pipeline.backfill(sqlite_store, client, src)
     assert client.requests < 10
+
+
+def test_newapi_rows_without_a_row_id_are_walked(sqlite_store: Store) -> None:
+    """new-api rows that carry no row `id` (only `mj_id`): the walk reads every page instead
+    of taking them for the same page over and over."""
+    sim = Simulator(35, seed=8, api="newapi", newapi_user=1)
+    inner = sim_transport(sim)
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        body = orjson.loads(inner.handle_request(req).read())
+        for row in body["data"]["items"]:
+            row.pop("id", None)
+        return httpx.Response(200, content=orjson.dumps(body))
+
+    src = source_for("http://sim.test", api="newapi", page_size=10, newapi_user=1)
+    client = Client(src, transport=httpx.MockTransport(handler))
+    report = pipeline.backfill(sqlite_store, client, src)
+    assert report.outcome == "ok" and report.inserted == 35

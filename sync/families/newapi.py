@@ -91,7 +91,14 @@ class NewAPI(Family):
         else:
             got = type(data).__name__ if not isinstance(data, dict) else printable(sorted(data)[:6])
             raise BadResponse(f"{where}: expected new-api's {{success, data}}, got {got}")
-        keys = [str(row.get("id")) if isinstance(row, dict) else "" for row in items]
+        # The walk's order keys are the rows' ids; a row without one (a trimmed-down relay)
+        # is keyed by its task id instead, so pages still differ to the runaway guard.
+        keys = [
+            str(row["id"] if row.get("id") is not None else row.get("mj_id"))
+            if isinstance(row, dict)
+            else ""
+            for row in items
+        ]
         last = not items or (total is not None and (number + 1) * served >= total)
         return ServerPage(
             number=number,
