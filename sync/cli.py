@@ -10,8 +10,6 @@ is `sync.console`.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
 import traceback
 
@@ -20,7 +18,7 @@ import click
 from sync import __version__
 from sync.app import App
 from sync.commands import db, images, reading, running, tools
-from sync.console import setup_logging
+from sync.console import setup_logging, silence_stdout
 from sync.errors import TasksyncError
 
 
@@ -100,8 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         if verbose:
             traceback.print_exc()
         where = f" ({exc.filename})" if exc.filename else ""
-        with contextlib.suppress(OSError, ValueError):  # stdout may be what failed:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # quiet at exit
+        silence_stdout()  # stdout may be what failed
         click.echo(f"tasksync: error: {exc.strerror or exc}{where}", err=True)
         sys.exit(1)
     except Exception as exc:

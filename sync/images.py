@@ -487,11 +487,16 @@ class Verified:
     corrupted: list[str] = field(default_factory=list)
 
 
+def require_folder(settings: ImagesSettings) -> None:
+    """`[images] dir` may be missing (it is made) but not something other than a folder."""
+    if settings.dir.exists() and not settings.dir.is_dir():
+        raise ConfigError(f"[images] dir {settings.dir}: not a folder")
+
+
 def verify(store: Store, settings: ImagesSettings) -> Verified:
     """Re-hash every fetched file: those missing from the folder, and those whose bytes no
     longer hash to their name."""
-    if settings.dir.exists() and not settings.dir.is_dir():
-        raise ConfigError(f"[images] dir {settings.dir}: not a folder")
+    require_folder(settings)
     out = Verified()
     for sha, path, _size in store.images.files():
         full = settings.dir / path

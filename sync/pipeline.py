@@ -336,10 +336,12 @@ class _Run:
         # tasks on its pages (no list-by-condition); a walk of millions keeps no such set.
         self.moved: set[str] | None = None
 
-    def save(self, tasks: Sequence[Any]) -> SaveResult:
-        """Save tasks not already handled in this run (so dry-run counts are not doubled)."""
+    def save(self, tasks: Sequence[Any], ids: list[str | None] | None = None) -> SaveResult:
+        """Save tasks not already handled in this run (so dry-run counts are not doubled).
+        `ids`: the tasks' ids, when the caller has them already."""
         shape = self.client.shape
-        ids = [task_id(t, shape) for t in tasks]
+        if ids is None:
+            ids = [task_id(t, shape) for t in tasks]
         fresh = [t for t, i in zip(tasks, ids, strict=True) if i not in self.seen]
         batch = self.store.prepare(self.src.name, fresh, self.clock(), shape=shape)
         res = self.store.save(batch, self.report.run_id, dry_run=self.dry_run)
@@ -413,8 +415,9 @@ class _Run:
         stale = 0
         for tasks in self.client.whole_list():
             self.report.pages += 1
-            ids = {i for i in (task_id(t, shape) for t in tasks) if i is not None}
-            stale = stale + 1 if ids and ids <= self.seen else 0
+            ids = [task_id(t, shape) for t in tasks]
+            listed = {i for i in ids if i is not None}
+            stale = stale + 1 if listed and listed <= self.seen else 0
             if stale >= 3 or len(self.seen) > WHOLE_LIST_MAX:
                 why = (
                     "names the same tasks over and over"
@@ -425,7 +428,7 @@ class _Run:
                     f"source {self.src.name}: the whole task list {why}: a list that never "
                     "ends? (what it held so far is saved; nothing is marked gone)"
                 )
-            self.save(tasks)
+            self.save(tasks, ids)
             if progress:
                 progress(self.report.pages, self.report.tasks_seen, None)
             _check(self.stop)

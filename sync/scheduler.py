@@ -109,9 +109,10 @@ class Daemon:
             self.tz = ZoneInfo(sched.timezone)
         except (ZoneInfoNotFoundError, ValueError):
             raise ConfigError(f"schedule.timezone: unknown time zone {sched.timezone!r}") from None
-        folder = settings.images.dir
-        if settings.images.enabled and folder.exists() and not folder.is_dir():
-            raise ConfigError(f"[images] dir {folder}: not a folder")  # said once, at start
+        if settings.images.enabled:
+            from sync.images import require_folder
+
+            require_folder(settings.images)  # said once, at start, not on every tick
         workers = max(2, 2 * len(settings.sources)) + (1 if settings.images.enabled else 0)
         self.scheduler = BlockingScheduler(
             timezone=self.tz, executors={"default": ThreadPoolExecutor(workers)}
