@@ -179,10 +179,10 @@ def job_write(kind: str, tasks: int, tmp: str) -> dict[str, Any]:
     transaction: the write-only limit for this schema."""
     from datetime import UTC, datetime
 
-    from sync import schema
-    from sync.records import build, fingerprint
+    from sync.archive import schema
+    from sync.archive.store import Store
     from sync.simulator import Simulator
-    from sync.store import Store
+    from sync.tasks.records import build, fingerprint
 
     url = fresh_db(kind, tmp)
     store = Store(url)
@@ -214,10 +214,11 @@ def job_write(kind: str, tasks: int, tmp: str) -> dict[str, Any]:
 
 
 def job_tasksync(kind: str, base: str, tasks: int, tmp: str, again: bool) -> dict[str, Any]:
-    from sync import pipeline, schema
-    from sync.client import Client
+    from sync.archive import schema
+    from sync.archive.store import Store
     from sync.config import SourceSettings
-    from sync.store import Store
+    from sync.jobs import pipeline
+    from sync.server.client import Client
 
     url = fresh_db(kind, tmp)
     store = Store(url)

@@ -35,10 +35,11 @@ from backfill import TreeRss  # noqa: E402  (the sibling benchmark's process-tre
 
 
 def job(name: str, base: str, tasks: int) -> dict[str, Any]:
-    from sync import pipeline, schema
-    from sync.client import Client
+    from sync.archive import schema
+    from sync.archive.store import Store
     from sync.config import SourceSettings
-    from sync.store import Store
+    from sync.jobs import pipeline
+    from sync.server.client import Client
 
     api = name.split("-")[0]
     tree = TreeRss()

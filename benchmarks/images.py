@@ -40,10 +40,12 @@ KINDS = ["sync-alone", "sync-with-images", "sync-with-images-unyielding", "image
 
 
 def job(kind: str, tasks_url: str, pictures_url: str, tmp: str) -> dict[str, Any]:
-    from sync import images, pipeline, schema
-    from sync.client import Client
+    from sync.archive import schema
+    from sync.archive.store import Store
     from sync.config import ImagesSettings, SourceSettings
-    from sync.store import Store
+    from sync.images import job as images
+    from sync.jobs import pipeline
+    from sync.server.client import Client
 
     store = Store(f"sqlite:///{tmp}/bench.db")
     schema.upgrade(store)
@@ -70,7 +72,7 @@ def job(kind: str, tasks_url: str, pictures_url: str, tmp: str) -> dict[str, Any
     def keep_fetching() -> None:
         from sqlalchemy import update
 
-        from sync.models import TaskImage
+        from sync.archive.models import TaskImage
 
         while not stop.is_set():
             fetched[0] += images.run(

@@ -20,11 +20,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sync import pipeline, schema
-from sync.client import BY_IDS_MAX, Client
+from sync.archive import schema
+from sync.archive.store import Store
 from sync.config import SourceSettings
+from sync.jobs import pipeline
+from sync.server.client import BY_IDS_MAX, Client
 from sync.simulator import Simulator, SimulatorServer
-from sync.store import Store
 
 
 def main() -> None:

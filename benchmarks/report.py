@@ -53,9 +53,9 @@ def job(url: str, html: str | None) -> None:
 
 
 def build(path: Path, tasks: int) -> None:
-    from sync import schema
+    from sync.archive import schema
+    from sync.archive.store import Store
     from sync.simulator import Simulator
-    from sync.store import Store
 
     if path.exists():
         return

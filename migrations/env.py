@@ -9,7 +9,7 @@ import os
 from alembic import context
 from sqlalchemy import Connection, Engine, create_engine, pool
 
-from sync.models import Base
+from sync.archive.models import Base
 
 config = context.config
 target_metadata = Base.metadata

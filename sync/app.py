@@ -15,8 +15,8 @@ from sync.console import ProgressDisplay, log_run, stop_on_signals
 from sync.errors import TasksyncError
 
 if TYPE_CHECKING:
-    from sync.runs import RunReport
-    from sync.store import Store
+    from sync.archive.runs import RunReport
+    from sync.archive.store import Store
 
 log = logging.getLogger("tasksync")
 
@@ -41,8 +41,8 @@ class App:
     def store(self, *, migrate_check: bool = True, create: bool = False) -> Store:
         """The archive, connected (and, unless told otherwise, at the newest revision);
         closed when the command ends. Only `create` (db upgrade) may make a new SQLite file."""
-        from sync import schema
-        from sync.store import Store
+        from sync.archive import schema
+        from sync.archive.store import Store
 
         url = self.settings.database.url
         if not create:
@@ -65,7 +65,7 @@ class App:
         """`run(store, client, src, stop=..., **options)` for each selected source, one log
         line per run; with several sources a failing one is logged and the others go on,
         and the exit code is the worst. `progress` labels a progress bar per source."""
-        from sync.client import connect
+        from sync.server.client import connect
 
         sources = self.settings.source(name)
         store = self.store()

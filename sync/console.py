@@ -23,8 +23,8 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
+from sync.archive.runs import COUNTERS, RunReport
 from sync.errors import printable
-from sync.runs import COUNTERS, RunReport
 
 log = logging.getLogger("tasksync")
 

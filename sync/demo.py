@@ -7,15 +7,16 @@ from pathlib import Path
 
 import click
 
-from sync import pipeline, schema
-from sync.client import connect
+from sync.archive import schema
+from sync.archive.store import Store
 from sync.config import SourceSettings
 from sync.console import ProgressDisplay
 from sync.errors import ConfigError
-from sync.report import ALL, build_report, status_history
-from sync.report_html import render_html
+from sync.jobs import pipeline
+from sync.server.client import connect
 from sync.simulator import Simulator, SimulatorServer
-from sync.store import Store
+from sync.views.report import ALL, build_report, status_history
+from sync.views.report_html import render_html
 
 
 def run_demo(path: Path, tasks: int, api: str = "plus") -> None:

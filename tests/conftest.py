@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import stamina
 
+from sync.archive.schema import migrations_dir
+from sync.archive.store import Store
 from sync.cli import main
-from sync.schema import migrations_dir
 from sync.simulator import Simulator, SimulatorServer
-from sync.store import Store
 
 from .helpers import BACKENDS, CI, LAUNCHED, Run, fresh_database, migrated, unreachable
 from .offline.sitecustomize import install as stay_offline

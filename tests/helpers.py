@@ -28,13 +28,13 @@ import pytest
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from sync import schema
-from sync.client import BY_IDS_MAX
+from sync.archive import schema
+from sync.archive.models import SyncRun, Task, TaskEvent
+from sync.archive.store import Store
 from sync.config import SourceSettings
-from sync.models import SyncRun, Task, TaskEvent
-from sync.records import SHAPES, Record, Rejected, build, fingerprint, join
+from sync.server.client import BY_IDS_MAX
 from sync.simulator import Simulator
-from sync.store import Store
+from sync.tasks.records import SHAPES, Record, Rejected, build, fingerprint, join
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: README, examples, `-m sync`
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from sync.batch import Binder, Built, prepare
-from sync.records import Fingerprint, Record, Rejected, build, fingerprint
+from sync.tasks.batch import Binder, Built, prepare
+from sync.tasks.records import Fingerprint, Record, Rejected, build, fingerprint
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 ORDER = ["id", "status", "submit_time", "properties", "extra", "first_seen_at", "gone_at"]

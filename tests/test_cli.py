@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sync.models import Task
+from sync.archive.models import Task
 from sync.simulator import Faults, Simulator, SimulatorServer
 
 from .helpers import ROOT, Run, count, tasksync, write_config
@@ -177,7 +177,7 @@ def test_query_refuses_writes_on_sqlite(run: Run, tmp_path: Path, sql: str) -> N
         assert run("--config", str(cfg), "backfill")[0] == 0
     code, _, err = run("--config", str(cfg), "query", sql)
     assert code == 2 and "refused" in err, err
-    from sync.store import Store
+    from sync.archive.store import Store
 
     assert count(Store(db), Task) == 30
     assert not (tmp_path / "x.db").exists()
@@ -405,7 +405,7 @@ def test_demo_never_replaces_an_archive_or_another_file(run: Run, tmp_path: Path
     for path in (real, notes, tmp_path / "page.html"):
         code, _, err = run("demo", "--tasks", "10", "--path", str(path))
         assert code == 2 and "--path" in err, err
-    from sync.store import Store
+    from sync.archive.store import Store
 
     store = Store(f"sqlite:///{real}")
     assert count(store, Task) == 30
@@ -430,7 +430,7 @@ def test_demo_archives_the_simulator_and_answers_sensibly(
     assert (tmp_path / "tasksync-demo.html").read_text().count("<svg") >= 4
     from sqlalchemy import text
 
-    from sync.store import Store
+    from sync.archive.store import Store
 
     store = Store(f"sqlite:///{tmp_path / 'tasksync-demo.db'}")
     with store.engine.connect() as conn:

@@ -12,9 +12,9 @@ import httpx
 import orjson
 import pytest
 
-from sync.client import Client, parse_retry_after
 from sync.errors import AuthRefused, BadResponse, HTTPStatusError, ServerRefused, ServerUnreachable
-from sync.families.plus import parse_page
+from sync.server.client import Client, parse_retry_after
+from sync.server.families.plus import parse_page
 
 from .helpers import source_for
 

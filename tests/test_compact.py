@@ -18,11 +18,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
-from sync import pipeline, schema
-from sync.client import Client
-from sync.records import MJ, NEWAPI, SHAPES, Record, Shape, build, fingerprint, join
+from sync.archive import schema
+from sync.archive.store import Store
+from sync.jobs import pipeline
+from sync.server.client import Client
 from sync.simulator import Simulator, SimulatorServer
-from sync.store import Store
+from sync.tasks.records import MJ, NEWAPI, SHAPES, Record, Shape, build, fingerprint, join
 
 from .helpers import (
     Run,

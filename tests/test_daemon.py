@@ -13,10 +13,10 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from sync.archive.models import SyncRun
+from sync.archive.store import Store
 from sync.errors import LockHeld
-from sync.models import SyncRun
 from sync.simulator import Faults, Simulator, SimulatorServer
-from sync.store import Store
 
 from .helpers import (
     TcpProxy,
@@ -195,7 +195,7 @@ def test_turns_run_a_due_sweep_after_the_current_run_and_say_overlaps_once(
     import threading
 
     from sync.config import Settings, SourceSettings
-    from sync.scheduler import Daemon
+    from sync.jobs.scheduler import Daemon
 
     store = migrated(sqlite_url)
     src = SourceSettings(name="main", base_url="http://127.0.0.1:9")
@@ -296,7 +296,7 @@ def test_the_archived_gauge_does_not_count_the_archive_on_every_sync(
     """`tasksync_tasks_archived` stays exact while a sync no longer pays for counting the whole
     archive: counted at the first run and after sweeps, carried forward by what syncs insert."""
     from sync.config import Settings, SourceSettings
-    from sync.scheduler import Daemon
+    from sync.jobs.scheduler import Daemon
 
     store = migrated(sqlite_url)
     sim = Simulator(300, seed=5)

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from sync.archive.store import Store
 from sync.simulator import Simulator
-from sync.store import Store
 
 from .helpers import LAUNCHED, Run, migrated
 

@@ -7,11 +7,12 @@ import re
 import click
 import pytest
 
-from sync import pipeline, readonly
+from sync.archive import readonly
+from sync.archive.store import Store
 from sync.cli import cli
-from sync.client import Client
+from sync.jobs import pipeline
+from sync.server.client import Client
 from sync.simulator import Simulator
-from sync.store import Store
 
 from .helpers import ROOT, sim_transport, source_for
 

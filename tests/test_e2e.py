@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sync import pipeline
-from sync.client import Client
-from sync.models import Task, TaskEvent
+from sync.archive.models import Task, TaskEvent
+from sync.archive.store import Store
+from sync.jobs import pipeline
+from sync.server.client import Client
 from sync.simulator import Simulator, SimulatorServer
-from sync.store import Store
 
 from .helpers import assert_archive_equals_truth, count, last_run, source_for
 

@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from sync import pipeline
-from sync.client import Client
+from sync.archive.models import Task, TaskEvent
+from sync.archive.store import Store
 from sync.errors import AuthRefused, BadResponse, ConfigError, ServerRefused
-from sync.families import detect, named
-from sync.models import Task, TaskEvent
+from sync.jobs import pipeline
+from sync.server.client import Client
+from sync.server.families import detect, named
 from sync.simulator import Simulator, SimulatorServer
-from sync.simulator_apis import APIS
-from sync.store import Store
+from sync.simulator.apis import APIS
 
 from .helpers import (
     HostileServer,
@@ -56,7 +56,7 @@ def test_family_archive_equals_truth_with_drift(
     """Arrivals and status changes between requests, a backfill, syncs, then a quiet sweep:
     the archive equals what the family's server lists, field by field, and nothing twice."""
     store = Store(db_url_sp)
-    from sync import schema
+    from sync.archive import schema
 
     schema.upgrade(store)
     sim = Simulator(1_200, seed=31, api=api, arrivals_per_request=0.6, updates_per_request=1.5)
@@ -83,7 +83,7 @@ def test_trueai_on_mariadb_equals_truth(
     tmp_path: Path, serve: Callable[[Simulator], SimulatorServer]
 ) -> None:
     """A non-plus family on MariaDB too: trueai's admin list archived exactly."""
-    from sync import schema
+    from sync.archive import schema
 
     from .helpers import fresh_database
 
@@ -211,7 +211,7 @@ def test_newapi_stuck_task_backs_off_so_syncs_stay_shallow(
     next syncs cost what a sync without it costs, until its next check is due."""
     from datetime import timedelta
 
-    from sync.store import RECHECK_FIRST_S
+    from sync.archive.store import RECHECK_FIRST_S
 
     sim = Simulator(2_000, seed=41, api="newapi", unfinished_per_mille=0)
     deep = sim.alive[10]

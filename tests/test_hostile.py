@@ -16,13 +16,13 @@ import httpx
 import orjson
 import pytest
 
-from sync import pipeline
-from sync.client import Client
+from sync.archive.models import Task
+from sync.archive.store import Store
 from sync.errors import BadResponse, RunawayList, ServerRefused, ServerUnreachable
-from sync.families.plus import parse_page
-from sync.models import Task
+from sync.jobs import pipeline
+from sync.server.client import Client
+from sync.server.families.plus import parse_page
 from sync.simulator import Faults, Simulator
-from sync.store import Store
 
 from .helpers import (
     HostileServer,
@@ -270,7 +270,7 @@ def test_token_echoed_by_the_server_is_redacted() -> None:
 def test_an_id_of_thousands_of_digits_does_not_stop_the_walk(sqlite_store: Store) -> None:
     """Ids are ordered by length and digits, not through int() (which refuses more than 4,300
     digits): such an id is rejected alone and the walk and sweep go on."""
-    from sync.walk import id_key
+    from sync.server.walk import id_key
 
     assert id_key("1" * 5000) > id_key("9" * 4999) > id_key("10") > id_key("009") > id_key("1")
     assert id_key("007") == id_key("7") and id_key("abc") > id_key("9" * 10)
@@ -377,7 +377,7 @@ def test_status_says_so_when_the_newest_item_is_not_a_task(sqlite_store: Store) 
     internal error."""
     from datetime import UTC, datetime
 
-    from sync import status
+    from sync.views import status
 
     def respond(*_: Any) -> Chunks:
         yield 0, http_reply(spring_page(["x"], 0, 1, True))

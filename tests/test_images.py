@@ -21,15 +21,16 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from sync import images, pipeline
-from sync.client import Client, ImageClient, ImageFailure
+from sync.archive.images import Outcome
+from sync.archive.models import TaskImage
+from sync.archive.store import Store
 from sync.config import ImagesSettings
-from sync.image_store import Outcome
-from sync.models import TaskImage
+from sync.images import job as images
+from sync.jobs import pipeline
+from sync.server.client import Client, ImageClient, ImageFailure
+from sync.server.transport import AddressRefused, public_only
 from sync.simulator import Simulator, SimulatorServer
-from sync.simulator_images import ImageFaults, png
-from sync.store import Store
-from sync.transport import AddressRefused, public_only
+from sync.simulator.images import ImageFaults, png
 
 from .helpers import (
     HostileServer,

@@ -7,11 +7,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import insert
 
-from sync import schema
+from sync.archive import schema
+from sync.archive.locks import WriterLock
+from sync.archive.models import Lease
+from sync.archive.store import Store
 from sync.errors import LockHeld
-from sync.locks import WriterLock
-from sync.models import Lease
-from sync.store import Store
 
 NOW = datetime(2026, 11, 27, tzinfo=UTC)
 

@@ -10,8 +10,8 @@ from pytest_alembic.tests import (  # noqa: F401 - collected as tests
 )
 from sqlalchemy import inspect
 
-from sync import schema
-from sync.store import Store
+from sync.archive import schema
+from sync.archive.store import Store
 
 
 def test_alembic_check_finds_no_difference(store: Store) -> None:
@@ -74,7 +74,7 @@ def test_revisions_import_nothing_from_the_package() -> None:
     the frozen types still match the models)."""
     import ast
 
-    from sync.schema import migrations_dir
+    from sync.archive.schema import migrations_dir
 
     revisions = sorted((migrations_dir() / "versions").glob("[0-9]*.py"))
     assert len(revisions) >= 6

@@ -10,11 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from sync import pipeline
-from sync.client import Client
-from sync.models import Task, TaskEvent
+from sync.archive.models import Task, TaskEvent
+from sync.archive.store import Store
+from sync.jobs import pipeline
+from sync.server.client import Client
 from sync.simulator import Simulator
-from sync.store import Store
 
 from .helpers import OPS, apply, assert_archive_equals_truth, migrated, sim_transport, source_for
 

@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import inspect, text
 
-from sync import readonly
+from sync.archive import readonly
+from sync.archive.store import Store
 from sync.errors import DatabaseError, QueryRefused
-from sync.store import Store
 
 from .helpers import MY_HOST, PG_HOST, sim_transport
 
@@ -44,8 +44,8 @@ def snapshot(store: Store) -> tuple[Any, ...]:
 @pytest.fixture
 def archive(store: Store) -> Iterator[Store]:
     """A small real archive on each database."""
-    from sync import pipeline
-    from sync.client import Client
+    from sync.jobs import pipeline
+    from sync.server.client import Client
     from sync.simulator import Simulator
 
     from .helpers import source_for

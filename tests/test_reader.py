@@ -15,14 +15,15 @@ from pathlib import Path
 import pytest
 from _pytest.logging import LogCaptureHandler
 
-from sync import pipeline, reader
-from sync.batch import Binder, prepare
-from sync.client import Client
+from sync.archive.models import SyncRun, Task, TaskEvent
+from sync.archive.store import Store
 from sync.errors import AuthRefused
-from sync.models import SyncRun, Task, TaskEvent
-from sync.records import Fingerprint
+from sync.jobs import pipeline
+from sync.server import reader
+from sync.server.client import Client
 from sync.simulator import Faults, Simulator, SimulatorServer
-from sync.store import Store
+from sync.tasks.batch import Binder, prepare
+from sync.tasks.records import Fingerprint
 
 from .helpers import (
     archive,
@@ -54,7 +55,7 @@ def _children(pid: int) -> list[int]:
         except OSError:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == pid and b"sync.reader" in cmd:
+        if ppid == pid and b"sync.server.reader" in cmd:
             found.append(int(entry.name))
     return found
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from sync.records import (
+from sync.tasks.records import (
     MAX_MS,
     Fingerprint,
     Record,

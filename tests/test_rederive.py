@@ -10,10 +10,10 @@ from typing import Any
 
 from sqlalchemy import update
 
-from sync import schema
-from sync.models import Task, TaskEvent
-from sync.records import NEWAPI
-from sync.store import Store
+from sync.archive import schema
+from sync.archive.models import Task, TaskEvent
+from sync.archive.store import Store
+from sync.tasks.records import NEWAPI
 
 from .helpers import Run, archive, count
 

@@ -14,11 +14,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sync import pipeline, report, status
-from sync.client import Client
-from sync.runs import RunReport
+from sync.archive.runs import RunReport
+from sync.archive.store import Store
+from sync.jobs import pipeline
+from sync.server.client import Client
 from sync.simulator import Simulator, SimulatorServer
-from sync.store import Store
+from sync.views import report, status
 
 from .helpers import Run, source_for, write_config
 

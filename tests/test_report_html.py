@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from sync import pipeline
-from sync.client import Client
-from sync.report import normalize_reason
+from sync.archive.store import Store
+from sync.jobs import pipeline
+from sync.server.client import Client
 from sync.simulator import Simulator, SimulatorServer
-from sync.store import Store
+from sync.views.report import normalize_reason
 
 from .helpers import CI, Run, source_for
 

@@ -13,10 +13,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from sync import pipeline, report
-from sync.client import Client
+from sync.archive.store import Store
+from sync.jobs import pipeline
+from sync.server.client import Client
 from sync.simulator import Simulator, SimulatorServer
-from sync.store import Store
+from sync.views import report
 
 from .helpers import source_for
 

@@ -11,13 +11,13 @@ import httpx
 import pytest
 import stamina
 
-from sync import pipeline
-from sync.client import Client
+from sync.archive.models import SyncRun
+from sync.archive.store import Store
 from sync.config import SourceSettings
 from sync.errors import ConfigError, ServerError
-from sync.models import SyncRun
+from sync.jobs import pipeline
+from sync.server.client import Client
 from sync.simulator import Faults, Simulator, SimulatorServer
-from sync.store import Store
 
 from .helpers import (
     assert_archive_equals_truth,
@@ -190,7 +190,7 @@ def test_database_lost_mid_run_fails_cleanly(tmp_path: Path) -> None:
 
 
 def count_tasks(store: Store) -> int:
-    from sync.models import Task
+    from sync.archive.models import Task
 
     return count(store, Task)
 

@@ -14,8 +14,8 @@ import orjson
 import pytest
 from sqlalchemy import inspect, text
 
+from sync.archive.store import Store
 from sync.simulator import Reply, Simulator, SimulatorServer
-from sync.store import Store
 
 from .helpers import Run, fresh_database, tasksync, write_config
 

@@ -9,12 +9,12 @@ import pytest
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import update
 
-from sync import readonly
+from sync.archive import readonly
+from sync.archive.models import Lease, Task, TaskEvent
+from sync.archive.runs import SaveResult
+from sync.archive.store import ResumePoint, Store
 from sync.errors import DatabaseError, LockHeld, QueryRefused
-from sync.models import Lease, Task, TaskEvent
-from sync.records import Rejected, fingerprint
-from sync.runs import SaveResult
-from sync.store import ResumePoint, Store
+from sync.tasks.records import Rejected, fingerprint
 
 from .helpers import archive, count, events, fresh_database, migrated, normalize
 
@@ -304,8 +304,8 @@ def test_mariadb_writer_locks_are_per_database(tmp_path: Any) -> None:
 def test_sweep_compares_ids_as_stored(store: Store) -> None:
     """A task id with a NUL is stored cleaned; sweeps compare the stored form, so it is
     neither marked gone nor 'returned' on every other sweep."""
-    from sync import pipeline
-    from sync.client import Client
+    from sync.jobs import pipeline
+    from sync.server.client import Client
     from sync.simulator import Simulator
 
     from .helpers import sim_transport, source_for

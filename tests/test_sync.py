@@ -8,12 +8,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from sync import pipeline
-from sync.client import Client
+from sync.archive.models import SyncRun, Task, TaskEvent
+from sync.archive.store import Store
 from sync.errors import MassGoneRefused
-from sync.models import SyncRun, Task, TaskEvent
+from sync.jobs import pipeline
+from sync.server.client import Client
 from sync.simulator import Simulator
-from sync.store import Store
 
 from .helpers import (
     archive,
@@ -187,7 +187,7 @@ def test_vanished_unfinished_tasks_back_off_and_the_bound_holds(sqlite_store: St
     """1,000 unfinished tasks the server stopped listing: the first sync asks for all of them,
     later syncs only on each task's backoff (1 min, 2 min, ...), so a sync's cost stays that
     of what is new and still moving; none is marked gone until a sweep."""
-    from sync.models import Recheck
+    from sync.archive.models import Recheck
 
     sim = Simulator(3_000, unfinished_per_mille=0)
     for i in sim.alive[:1_000]:
@@ -227,7 +227,7 @@ def test_vanished_unfinished_tasks_back_off_and_the_bound_holds(sqlite_store: St
 
 def test_unfinished_task_returned_again_forgets_its_misses(sqlite_store: Store) -> None:
     """A task list-by-condition missed once and returns later is re-checked every sync again."""
-    from sync.models import Recheck
+    from sync.archive.models import Recheck
 
     sim = Simulator(500, unfinished_per_mille=0)
     i = sim.alive[5]

@@ -5,10 +5,10 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sync.client import ServerPage
-from sync.families.plus import parse_page
+from sync.server.client import ServerPage
+from sync.server.families.plus import parse_page
+from sync.server.walk import Cursor, WalkStats, id_key, walk
 from sync.simulator import Simulator
-from sync.walk import Cursor, WalkStats, id_key, walk
 
 from .helpers import OPS, apply
 

@@ -23,7 +23,7 @@ def db() -> None:
 @pass_app
 def db_upgrade(app: App, revision: str) -> None:
     """Migrate the database up to REVISION (default: head)."""
-    from sync import schema
+    from sync.archive import schema
 
     store = app.store(migrate_check=False, create=True)
     schema.upgrade(store, revision)
@@ -35,7 +35,7 @@ def db_upgrade(app: App, revision: str) -> None:
 @pass_app
 def db_downgrade(app: App, revision: str) -> None:
     """Migrate the database down to REVISION (e.g. 0001, or base)."""
-    from sync import schema
+    from sync.archive import schema
 
     store = app.store(migrate_check=False)
     schema.downgrade(store, revision)
@@ -46,7 +46,7 @@ def db_downgrade(app: App, revision: str) -> None:
 @pass_app
 def db_current(app: App) -> None:
     """Print the database's schema revision and the newest one tasksync knows."""
-    from sync import schema
+    from sync.archive import schema
 
     store = app.store(migrate_check=False)
     click.echo(f"current: {schema.current(store) or 'none'}  head: {schema.head()}")
@@ -66,7 +66,7 @@ def db_grant_reader(
     app: App, name: str, password_env: str | None, host: str, print_only: bool
 ) -> None:
     """Create a login that can only read the archive (for [query] url)."""
-    from sync import schema
+    from sync.archive import schema
 
     password = None
     if password_env and not print_only:
@@ -100,7 +100,7 @@ def db_rederive(app: App) -> None:
 @pass_app
 def db_vacuum(app: App) -> None:
     """Compact the archive and give freed space back to the filesystem (blocks writes)."""
-    from sync import schema
+    from sync.archive import schema
 
     store = app.store()
     before = schema.archive_bytes(store)
@@ -113,7 +113,7 @@ def db_vacuum(app: App) -> None:
 @pass_app
 def db_check(app: App) -> None:
     """Exit 1 unless the database is at head and matches the models."""
-    from sync import schema
+    from sync.archive import schema
 
     store = app.store(migrate_check=False)
     schema.require_current(store)

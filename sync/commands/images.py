@@ -20,7 +20,7 @@ def images() -> None:
 @pass_app
 def images_fetch(app: App, name: str | None, limit: int | None) -> None:
     """Find new links in archived tasks, then fetch what is due, soonest-expiring first."""
-    from sync import images as img
+    from sync.images import job as img
 
     settings = app.settings
     if not settings.images.enabled:
@@ -42,7 +42,7 @@ def images_fetch(app: App, name: str | None, limit: int | None) -> None:
 @pass_app
 def images_verify(app: App) -> None:
     """Re-hash every fetched file; exit 1 when one is missing or corrupted."""
-    from sync import images as img
+    from sync.images import job as img
 
     result = img.verify(app.store(), app.settings.images)
     for path in result.missing:

@@ -38,7 +38,7 @@ TABLE_FORMAT = click.option(
 @pass_app
 def query(app: App, sql: str, fmt: str, timeout_s: float | None) -> None:
     """Run one read-only SQL statement over the archive; writes are refused."""
-    from sync import readonly
+    from sync.archive import readonly
 
     settings = app.settings
     timeout = settings.query.timeout_s if timeout_s is None else timeout_s
@@ -79,7 +79,7 @@ def export(app: App, name: str | None, since: datetime | None, fmt: str) -> None
 def status(app: App, no_server: bool) -> None:
     """Per source: tasks archived, unfinished and gone, the last runs, the last error, and how
     far the archive lags the server."""
-    from sync import status as st
+    from sync.views import status as st
 
     store = app.store()
     now = datetime.now(UTC)
@@ -129,10 +129,10 @@ def report(
 ) -> None:
     """Per period and action: tasks by outcome, success rate, queue and run time (p50, p95,
     max); the top failure reasons; tasks by weekday and hour."""
-    from sync import report as rp
+    from sync.views import report as rp
 
     if datasette_metadata:
-        from sync.datasette import metadata
+        from sync.views.datasette import metadata
 
         url = app.settings.database.url
         stem = Path(url.split("///", 1)[-1]).stem if url.startswith("sqlite") else "archive"
@@ -151,7 +151,7 @@ def report(
         store, source=name, since=start, until=end, by=period, tz=zone, tz_name=tz
     )
     if html_path is not None:
-        from sync.report_html import render_html
+        from sync.views.report_html import render_html
 
         _refuse_to_overwrite_a_database(html_path)
         tmp = html_path.with_name(f".{html_path.name}.tmp")

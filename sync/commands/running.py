@@ -21,7 +21,7 @@ from sync.errors import ConfigError
 @pass_app
 def backfill(app: App, name: str | None, restart: bool, ids_from: Path | None) -> None:
     """Walk everything the server lists into the archive (resumable)."""
-    from sync import pipeline
+    from sync.jobs import pipeline
 
     ids = pipeline.read_ids_file(ids_from) if ids_from else []
     app.run_sources(
@@ -58,7 +58,7 @@ def sync_cmd(
     ids_from: Path | None,
 ) -> None:
     """One incremental sync (new tasks + unfinished re-checks), or a sweep with --sweep."""
-    from sync import pipeline
+    from sync.jobs import pipeline
 
     if sweep:
         if ids_from:
@@ -79,7 +79,7 @@ def sync_cmd(
 @pass_app
 def run(app: App) -> None:
     """The daemon: scheduled syncs and sweeps per source until SIGTERM/SIGINT."""
-    from sync.scheduler import Daemon
+    from sync.jobs.scheduler import Daemon
 
     settings = app.settings
     settings.source(None)  # at least one source

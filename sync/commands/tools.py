@@ -24,7 +24,7 @@ def config_group() -> None:
 @pass_app
 def config_check(app: App) -> None:
     """Validate the config and print the effective settings, secrets redacted."""
-    from sync.families import describe, detect
+    from sync.server.families import describe, detect
 
     settings = app.settings
     click.echo(f"# config: {settings.path or '(none: defaults and environment)'}")
@@ -36,7 +36,7 @@ def config_check(app: App) -> None:
             continue
         # One quick, read-only try per probe: this is a check, not a run.
         quick = src.model_copy(update={"retry_attempts": 1, "timeout_s": min(src.timeout_s, 5)})
-        from sync.client import connect
+        from sync.server.client import connect
 
         with connect(quick) as client:
             try:
