@@ -218,7 +218,7 @@ def job_tasksync(kind: str, base: str, tasks: int, tmp: str, again: bool) -> dic
     from sync.archive.store import Store
     from sync.config import SourceSettings
     from sync.jobs import pipeline
-    from sync.server.client import Client
+    from sync.server.client import connect
 
     url = fresh_db(kind, tmp)
     store = Store(url)
@@ -229,7 +229,7 @@ def job_tasksync(kind: str, base: str, tasks: int, tmp: str, again: bool) -> dic
         max_requests_per_second=100_000,
         concurrency=int(os.environ.get("BENCH_CONCURRENCY", "2")),
     )
-    with Client(src) as client:
+    with connect(src) as client:
         if again:
             pipeline.backfill(store, client, src, fetch_process=True)
         t0 = time.perf_counter()

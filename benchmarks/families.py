@@ -39,7 +39,7 @@ def job(name: str, base: str, tasks: int) -> dict[str, Any]:
     from sync.archive.store import Store
     from sync.config import SourceSettings
     from sync.jobs import pipeline
-    from sync.server.client import Client
+    from sync.server.client import connect
 
     api = name.split("-")[0]
     tree = TreeRss()
@@ -55,7 +55,7 @@ def job(name: str, base: str, tasks: int) -> dict[str, Any]:
             mass_gone_share=1.0,
         )
         out: dict[str, Any] = {"tasks": tasks}
-        with Client(src) as client:
+        with connect(src) as client:
             if api == "novicezk":
                 t0 = time.perf_counter()
                 first = pipeline.sweep(store, client, src)

@@ -45,7 +45,7 @@ def job(kind: str, tasks_url: str, pictures_url: str, tmp: str) -> dict[str, Any
     from sync.config import ImagesSettings, SourceSettings
     from sync.images import job as images
     from sync.jobs import pipeline
-    from sync.server.client import Client
+    from sync.server.client import connect
 
     store = Store(f"sqlite:///{tmp}/bench.db")
     schema.upgrade(store)
@@ -57,7 +57,7 @@ def job(kind: str, tasks_url: str, pictures_url: str, tmp: str) -> dict[str, Any
     )
     pics = SourceSettings(name="pics", base_url=pictures_url, max_requests_per_second=10_000)
     if kind != "sync-alone":
-        with Client(pics) as client:
+        with connect(pics) as client:
             pipeline.backfill(store, client, pics)
     if kind == "images":
         t0 = time.perf_counter()
@@ -85,7 +85,7 @@ def job(kind: str, tasks_url: str, pictures_url: str, tmp: str) -> dict[str, Any
     if kind.startswith("sync-with-images"):
         side.start()
     src = SourceSettings(name="main", base_url=tasks_url, max_requests_per_second=100_000)
-    with Client(src) as client:
+    with connect(src) as client:
         time.sleep(0.5)  # the image job under way first
         syncing.set()
         t0 = time.perf_counter()

@@ -24,7 +24,7 @@ from sync.archive import schema
 from sync.archive.store import Store
 from sync.config import SourceSettings
 from sync.jobs import pipeline
-from sync.server.client import BY_IDS_MAX, Client
+from sync.server.client import BY_IDS_MAX, connect
 from sync.simulator import Simulator, SimulatorServer
 
 
@@ -51,7 +51,7 @@ def main() -> None:
         store = Store(args.db or f"sqlite:///{tmp}/inc.db")
         schema.upgrade(store)
         src = SourceSettings(name="bench", base_url=server.url, max_requests_per_second=10_000)
-        with Client(src) as client:
+        with connect(src) as client:
             t0 = time.perf_counter()
             pipeline.backfill(store, client, src)
             print(f"archive: {args.archive:,} tasks backfilled in {time.perf_counter() - t0:.1f}s")

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sync.errors import ConfigError
+from sync.server.families import FAMILIES
 
 DEFAULT_CONFIG = Path("tasksync.toml")
 INTERVAL_RE = re.compile(r"^(\d+)\s*(s|m|h)$")
@@ -159,7 +160,7 @@ def check_token(value: str, where: str) -> str:
 class SourceSettings(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     base_url: str
-    api: Literal["auto", "plus", "trueai", "novicezk", "newapi", "ids"] = "auto"
+    api: str = "auto"  # "auto" or a name of sync.server.families.FAMILIES
     token_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     token_file: Path | None = None
     auth_header: Literal["mj-api-secret", "Authorization"] = "mj-api-secret"
@@ -180,6 +181,15 @@ class SourceSettings(_Strict):
     sweep: str | None = None
 
     _base_url = field_validator("base_url")(check_base_url)
+
+    @field_validator("api", mode="before")
+    @classmethod
+    def _family(cls, v: Any) -> Any:
+        names = ("auto", *FAMILIES)
+        if v not in names:
+            quoted = [f"'{n}'" for n in names]
+            raise ValueError(f"Input should be {', '.join(quoted[:-1])} or {quoted[-1]}")
+        return v
 
     @field_validator("ca_bundle")
     @classmethod

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
+from sync.config import ImagesSettings
 from sync.errors import AuthRefused, BadResponse, HTTPStatusError, ServerRefused, ServerUnreachable
-from sync.server.client import Client, parse_retry_after
+from sync.images.client import ImageClient
+from sync.server.client import Client, connect
 from sync.server.families.plus import parse_page
+from sync.server.transport import Deadline, DeadlineTransport, parse_retry_after
 
 from .helpers import source_for
 
@@ -23,7 +28,7 @@ Handler = Callable[[httpx.Request], httpx.Response]
 
 def client_with(handler: Handler, **kw: Any) -> Client:
     token = kw.pop("token", None)
-    return Client(
+    return connect(
         source_for("http://mj.test", **kw), token=token, transport=httpx.MockTransport(handler)
     )
 
@@ -230,3 +235,38 @@ def test_list_by_ids_posts_ids_and_returns_tasks() -> None:
     assert bodies == [{"ids": ["a", "b"]}] and client.requests == 1
     with pytest.raises(ValueError, match="100"):
         client.list_by_ids([str(i) for i in range(101)])
+
+
+def test_deadline_transport_carries_what_it_is_given_or_refuses_it() -> None:
+    """An option set on the transport reaches its connections (here the address it connects
+    from); one its pool cannot carry (a proxy) is refused, never silently dropped."""
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.client_address[0])
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        transport = DeadlineTransport(Deadline(), local_address="127.0.0.2")
+        with httpx.Client(transport=transport) as http:
+            assert http.get(f"http://127.0.0.1:{server.server_address[1]}/").status_code == 204
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == ["127.0.0.2"]
+    with pytest.raises(ValueError, match="'proxy' is not supported"):
+        DeadlineTransport(Deadline(), proxy="http://127.0.0.1:9")
+
+
+def test_both_clients_ignore_proxies_and_credentials_from_the_environment() -> None:
+    """The task client and the image client are each built with `trust_env=False`: no proxy
+    settings and no .netrc credentials from the environment, whatever it holds."""
+    with connect(source_for("http://mj.test")) as task, ImageClient(ImagesSettings()) as image:
+        assert (task.http.trust_env, image.http.trust_env) == (False, False)

@@ -21,7 +21,7 @@ from sqlalchemy import text
 from sync.archive import schema
 from sync.archive.store import Store
 from sync.jobs import pipeline
-from sync.server.client import Client
+from sync.server.client import connect
 from sync.simulator import Simulator, SimulatorServer
 from sync.tasks.records import MJ, NEWAPI, SHAPES, Record, Shape, build, fingerprint, join
 
@@ -172,7 +172,7 @@ def test_export_gives_back_what_the_server_listed(
     computed extra fields, new-api's JSON inside strings included), one object a line."""
     sim = Simulator(600, seed=5, api=api)
     src = source_for(serve(sim).url, api=api)
-    with Client(src) as client:
+    with connect(src) as client:
         assert pipeline.backfill(sqlite_store, client, src).outcome == "ok"
     url = sqlite_store.url.render_as_string(hide_password=False)
     code, out, err = run("--db", url, "export", "--source", "main")
@@ -212,7 +212,7 @@ def test_revision_0009_converts_an_archive_and_downgrade_restores_raw(
     schema.upgrade(store)
     sim = Simulator(2_500, seed=9, api="trueai")
     src = source_for(serve(sim).url, api="trueai")
-    with Client(src) as client:
+    with connect(src) as client:
         pipeline.backfill(store, client, src)
     before = archive(store)
     schema.downgrade(store, "0008")

@@ -11,7 +11,7 @@ from sync.archive import readonly
 from sync.archive.store import Store
 from sync.cli import cli
 from sync.jobs import pipeline
-from sync.server.client import Client
+from sync.server.client import connect
 from sync.simulator import Simulator
 
 from .helpers import ROOT, sim_transport, source_for
@@ -51,7 +51,7 @@ def test_readme_queries_run(store: Store) -> None:
     """Every README query for this dialect (and every `any` one) runs on a real archive."""
     sim = Simulator(400, seed=5)
     src = source_for("http://sim.test")
-    client = Client(src, transport=sim_transport(sim))
+    client = connect(src, transport=sim_transport(sim))
     pipeline.backfill(store, client, src)
     for _ in range(3):
         for i in sim.unfinished():

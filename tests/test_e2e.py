@@ -7,7 +7,7 @@ from collections.abc import Callable
 from sync.archive.models import Task, TaskEvent
 from sync.archive.store import Store
 from sync.jobs import pipeline
-from sync.server.client import Client
+from sync.server.client import connect
 from sync.simulator import Simulator, SimulatorServer
 
 from .helpers import assert_archive_equals_truth, count, last_run, source_for
@@ -20,7 +20,7 @@ def test_backfill_10k_equals_simulator_field_by_field(
     sim = Simulator(10_000, seed=3)
     server = serve(sim)
     src = source_for(server.url)
-    with Client(src) as client:
+    with connect(src) as client:
         report = pipeline.backfill(store, client, src)
     assert report.outcome == "ok"
     assert (report.inserted, report.pages, report.rejected) == (10_000, 100, 0)
@@ -41,7 +41,7 @@ def test_second_backfill_writes_nothing(
     """Against an unchanged server, a second backfill writes no task rows and no events."""
     sim = Simulator(1_500, seed=4)
     src = source_for(serve(sim).url)
-    with Client(src) as client:
+    with connect(src) as client:
         pipeline.backfill(store, client, src)
         with store.engine.connect() as conn:
             before = sorted(map(tuple, conn.execute(Task.__table__.select())))

@@ -17,8 +17,9 @@ from sync.archive.models import Task, TaskEvent
 from sync.archive.store import Store
 from sync.errors import AuthRefused, BadResponse, ConfigError, ServerRefused
 from sync.jobs import pipeline
-from sync.server.client import Client
-from sync.server.families import detect, named
+from sync.server.client import connect
+from sync.server.families.adapters import named
+from sync.server.families.probing import detect
 from sync.simulator import Simulator, SimulatorServer
 from sync.simulator.apis import APIS
 
@@ -61,7 +62,7 @@ def test_family_archive_equals_truth_with_drift(
     schema.upgrade(store)
     sim = Simulator(1_200, seed=31, api=api, arrivals_per_request=0.6, updates_per_request=1.5)
     src = family_source(serve(sim).url, api)
-    with Client(src) as client:
+    with connect(src) as client:
         first = pipeline.backfill(store, client, src)
         assert first.outcome == "ok" and first.api == api
         for _ in range(3):
@@ -92,7 +93,7 @@ def test_trueai_on_mariadb_equals_truth(
         schema.upgrade(store)
         sim = Simulator(700, seed=32, api="trueai", arrivals_per_request=0.5)
         src = family_source(serve(sim).url, "trueai")
-        with Client(src) as client:
+        with connect(src) as client:
             pipeline.backfill(store, client, src)
             sim.arrivals_per_request = 0
             pipeline.sweep(store, client, src)
@@ -108,7 +109,7 @@ def test_family_sweep_marks_dropped_tasks_gone(
     whole list (novicezk), or a by-id confirmation of what the walk missed (trueai)."""
     sim = Simulator(600, seed=33, api=api)
     src = family_source(serve(sim).url, api)
-    with Client(src) as client:
+    with connect(src) as client:
         pipeline.backfill(sqlite_store, client, src)
         dropped = {sim.task_id(i) for i in (sim.alive[3], sim.alive[250], sim.alive[-2])}
         for i in [sim.alive[3], sim.alive[250], sim.alive[-2]]:
@@ -127,7 +128,7 @@ def test_trueai_confirms_gone_by_id_and_saves_what_the_walk_missed(
     by id; one the walk missed (but the server has) is saved, not marked gone."""
     sim = Simulator(400, seed=34, api="trueai")
     src = family_source(serve(sim).url, "trueai")
-    with Client(src) as client:
+    with connect(src) as client:
         pipeline.backfill(sqlite_store, client, src)
         sim.remove(sim.alive[100])
         hidden = sim.alive[200]
@@ -159,7 +160,7 @@ def test_newapi_pages_from_one_never_reads_page_one_twice(
     p=2, 3, ...; snake_case rows with JSON in strings land in the usual columns."""
     sim = Simulator(450, seed=35, api="newapi", newapi_user=7, token="dash-token")
     src = family_source(serve(sim).url, "newapi", newapi_user=7)
-    with Client(src, token="dash-token") as client:
+    with connect(src, token="dash-token") as client:
         report = pipeline.backfill(sqlite_store, client, src)
     assert report.outcome == "ok" and report.inserted == 450
     assert sim.page_log == [0, 1, 2, 3, 4]  # 0-based on the server's side: no page twice
@@ -177,7 +178,7 @@ def test_newapi_old_version_pages_from_zero_without_totals(
     (no 1970 dates), and a sweep marks nothing gone because it cannot know, and says so."""
     sim = Simulator(95, seed=36, api="newapi", newapi_old=True)
     src = family_source(serve(sim).url, "newapi")
-    with Client(src) as client:
+    with connect(src) as client:
         report = pipeline.backfill(sqlite_store, client, src)
         assert report.inserted == 95
         assert_archive_equals_truth(sqlite_store, sim)
@@ -196,7 +197,7 @@ def test_newapi_incremental_rechecks_an_old_unfinished_task(
     deep = sim.alive[30]  # far down the list
     sim.overrides[deep] = dict(sim.task(deep), status="SUBMITTED", finishTime=None)
     src = family_source(serve(sim).url, "newapi")
-    with Client(src) as client:
+    with connect(src) as client:
         pipeline.backfill(sqlite_store, client, src)
         sim.advance(deep)
         report = pipeline.incremental(sqlite_store, client, src)
@@ -218,7 +219,7 @@ def test_newapi_stuck_task_backs_off_so_syncs_stay_shallow(
     sim.overrides[deep] = dict(sim.task(deep), status="SUBMITTED", finishTime=None)
     src = family_source(serve(sim).url, "newapi")
     now = [datetime(2026, 12, 1, tzinfo=UTC)]
-    with Client(src) as client:
+    with connect(src) as client:
         pipeline.backfill(sqlite_store, client, src, clock=lambda: now[0])
         first = pipeline.incremental(sqlite_store, client, src, clock=lambda: now[0])
         now[0] += timedelta(seconds=5)
@@ -245,7 +246,7 @@ def test_newapi_unset_values_and_empty_status(
     sim = Simulator(60, seed=38, api="newapi", unfinished_per_mille=0)
     sim.arrive(1)
     src = family_source(serve(sim).url, "newapi")
-    with Client(src) as client:
+    with connect(src) as client:
         pipeline.backfill(sqlite_store, client, src)
     tid = sim.listing()[0]
     row = archive(sqlite_store)[tid]
@@ -262,7 +263,7 @@ def test_trueai_cancel_stays_as_the_server_said(
     sim = Simulator(300, seed=39, api="trueai")
     cancelled = next(i for i in sim.alive if sim.task(i)["status"] == "CANCEL")
     src = family_source(serve(sim).url, "trueai")
-    with Client(src) as client:
+    with connect(src) as client:
         pipeline.backfill(sqlite_store, client, src)
     row = archive(sqlite_store)[sim.task_id(cancelled)]
     assert (row["status"], row["fail_reason"]) == ("FAILURE", "取消任务")
@@ -275,9 +276,9 @@ def test_trueai_token_is_sent_verbatim(serve: Callable[[Simulator], SimulatorSer
     url = serve(sim).url
     for header in ("Authorization", "mj-api-secret"):
         src = family_source(url, "trueai", auth_header=header)
-        with Client(src, token="raw-token") as client:
+        with connect(src, token="raw-token") as client:
             assert client.query_page(0, 10).ids
-    wrong = Client(family_source(url, "trueai"), token="wrong")
+    wrong = connect(family_source(url, "trueai"), token="wrong")
     with wrong, pytest.raises(AuthRefused, match="账号不可用"):
         wrong.query_page(0, 10)
 
@@ -289,12 +290,12 @@ def test_trueai_demo_mode_is_detected_and_said(
     note; a longer one fails with one line saying why (without asking past page 10)."""
     small = Simulator(80, seed=40, api="trueai", trueai_demo=True)
     src = family_source(serve(small).url, "trueai")
-    with Client(src) as client:
+    with connect(src) as client:
         report = pipeline.backfill(sqlite_store, client, src)
     assert report.inserted == 80 and any("demo mode" in n for n in report.notes)
     big = Simulator(250, seed=41, api="trueai", trueai_demo=True)
     src = family_source(serve(big).url, "trueai", name="big")
-    with Client(src) as client, pytest.raises(ServerRefused, match="demo mode") as info:
+    with connect(src) as client, pytest.raises(ServerRefused, match="demo mode") as info:
         pipeline.backfill(sqlite_store, client, src)
     assert "\n" not in str(info.value) and max(big.page_log) == 9
 
@@ -306,7 +307,7 @@ def test_novicezk_whole_list_bounds_each_task(
     fails the read (the list itself may be any size)."""
     sim = Simulator(3_000, seed=42, api="novicezk")
     src = family_source(serve(sim).url, "novicezk", max_response_mb=0.05)
-    with Client(src) as client:
+    with connect(src) as client:
         report = pipeline.backfill(sqlite_store, client, src)  # 3,000 tasks, each small
         assert report.inserted == 3_000
         sim.overrides[5] = dict(sim.task(5), prompt="x" * 200_000)
@@ -319,7 +320,7 @@ def test_novicezk_empty_body_401_is_a_refused_token(
 ) -> None:
     """novicezk answers a wrong secret with 401 and no body: the token was refused."""
     sim = Simulator(10, api="novicezk", token="right")
-    client = Client(family_source(serve(sim).url, "novicezk"), token="wrong")
+    client = connect(family_source(serve(sim).url, "novicezk"), token="wrong")
     with client, pytest.raises(AuthRefused, match="refused the token"):
         list(client.whole_list())
 
@@ -332,7 +333,7 @@ def test_ids_relay_refreshes_the_given_ids(
     sim = Simulator(500, seed=43, api="ids")
     wanted = sim.listing()[:150]
     src = family_source(serve(sim).url, "ids")
-    with Client(src) as client:
+    with connect(src) as client:
         first = pipeline.backfill(sqlite_store, client, src, ids=wanted)
         assert first.inserted == 150 and first.requests == 2
         moving = next(
@@ -406,7 +407,7 @@ def test_auto_detection_finds_each_family_reading_only(
     """Probing finds the family each simulator mode plays, and only ever reads."""
     sim = Simulator(30, api=api, token="t0k", newapi_user=3 if api == "newapi" else None)
     src = family_source(serve(sim).url, "auto", newapi_user=3)
-    with Client(src, token="t0k") as client:
+    with connect(src, token="t0k") as client:
         found, evidence = detect(client)
     assert found.name == api and evidence
     assert set(sim.paths) <= READS
@@ -418,19 +419,19 @@ def test_auto_detection_says_what_else_a_server_is(
     """A relay with no list, trueai without an admin token, an unrelated web server, a JSON
     API that is no Midjourney proxy: each gets one plain line."""
     relay = Simulator(10, api="ids")
-    client = Client(family_source(serve(relay).url, "auto"))
+    client = connect(family_source(serve(relay).url, "auto"))
     with client, pytest.raises(ConfigError, match="has no task list"):
         detect(client)
     assert set(relay.paths) <= READS
     trueai = Simulator(10, api="trueai", trueai_admin=False)
-    client = Client(family_source(serve(trueai).url, "auto"))
+    client = connect(family_source(serve(trueai).url, "auto"))
     with client, pytest.raises(ConfigError, match="admin's token"):
         detect(client)
 
     def html(*_: Any) -> Any:
         yield 0, http_reply(b"<!doctype html><html>hello</html>", ctype="text/html")
 
-    with HostileServer(html) as web, Client(family_source(web.url, "auto")) as client:
+    with HostileServer(html) as web, connect(family_source(web.url, "auto")) as client:
         with pytest.raises(ConfigError, match="web page"):
             detect(client)
         assert {(m, p.split("?")[0]) for m, p, _h, _b in web.requests} <= READS
@@ -439,7 +440,7 @@ def test_auto_detection_says_what_else_a_server_is(
         yield 0, http_reply(b'{"error": "no such thing"}', status="404 Not Found")
 
     with HostileServer(other) as api:
-        client = Client(family_source(api.url, "auto"))
+        client = connect(family_source(api.url, "auto"))
         with client, pytest.raises(ConfigError, match="not a Midjourney-proxy server"):
             detect(client)
 
@@ -451,18 +452,18 @@ def test_auto_family_is_remembered_and_probed_again_when_it_stops_fitting(
     longer fits it, the run fails, the memory is cleared, and the next run probes again."""
     sim = Simulator(120, seed=45, api="trueai")
     src = family_source(serve(sim).url, "auto")
-    with Client(src) as client:
+    with connect(src) as client:
         assert pipeline.backfill(sqlite_store, client, src).api == "trueai"
     assert sqlite_store.remembered_api("main") == "trueai"
     before = len(sim.paths)
-    with Client(src) as client:
+    with connect(src) as client:
         pipeline.incremental(sqlite_store, client, src)
     assert ("POST", "/mj/task/query") not in list(sim.paths)[before:]  # not probed again
     sim.api = APIS["plus"]()  # the server is replaced by a plus one
-    with Client(src) as client, pytest.raises((BadResponse, Exception)):
+    with connect(src) as client, pytest.raises((BadResponse, Exception)):
         pipeline.incremental(sqlite_store, client, src)
     assert sqlite_store.remembered_api("main") is None
-    with Client(src) as client:
+    with connect(src) as client:
         again = pipeline.incremental(sqlite_store, client, src)
     assert again.api == "plus" and sqlite_store.remembered_api("main") == "plus"
 
@@ -496,3 +497,21 @@ def test_named_families_say_what_they_guarantee() -> None:
         assert family is not None
         g = family.guarantees
         assert (g.gone, g.drift_repair, g.by_ids) == (gone, repair, by_ids), name
+
+
+def test_family_names_come_from_one_registry() -> None:
+    """The config's `api`, the commands' `--api`, the adapters and the simulator all know
+    exactly the families the registry names, in its order."""
+    from sync.commands.tools import demo, simulate
+    from sync.config import SourceSettings
+    from sync.server.families import FAMILIES
+    from sync.server.families.adapters import ADAPTERS
+
+    assert tuple(ADAPTERS) == tuple(APIS) == FAMILIES
+    for command in (simulate, demo):
+        (api,) = [p for p in command.params if p.name == "api"]
+        assert tuple(api.type.choices) == FAMILIES  # type: ignore[attr-defined]
+    for name in ("auto", *FAMILIES):
+        assert SourceSettings(name="a", base_url="http://x", api=name).api == name
+    with pytest.raises(ValueError, match="'auto', 'plus', 'trueai', 'novicezk', 'newapi' or 'ids'"):
+        SourceSettings(name="a", base_url="http://x", api="nope")

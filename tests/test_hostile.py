@@ -20,7 +20,7 @@ from sync.archive.models import Task
 from sync.archive.store import Store
 from sync.errors import BadResponse, RunawayList, ServerRefused, ServerUnreachable
 from sync.jobs import pipeline
-from sync.server.client import Client
+from sync.server.client import connect
 from sync.server.families.plus import parse_page
 from sync.simulator import Faults, Simulator
 
@@ -67,7 +67,10 @@ def test_gzip_bomb_fails_the_run_and_memory_stays_bounded(sqlite_store: Store) -
         src = hostile_source(server.url)
         tracemalloc.start()
         try:
-            with Client(src) as client, pytest.raises(BadResponse, match="max_response_mb") as info:
+            with (
+                connect(src) as client,
+                pytest.raises(BadResponse, match="max_response_mb") as info,
+            ):
                 pipeline.backfill(sqlite_store, client, src)
             peak = tracemalloc.get_traced_memory()[1]
         finally:
@@ -94,7 +97,7 @@ def test_oversized_plain_body_is_refused(declared: bool) -> None:
             yield 0, block
 
     with HostileServer(respond) as server:
-        client = Client(hostile_source(server.url, max_response_mb=8))
+        client = connect(hostile_source(server.url, max_response_mb=8))
         tracemalloc.start()
         try:
             with client, pytest.raises(BadResponse, match=r"larger than max_response_mb \(8 MB\)"):
@@ -120,7 +123,7 @@ def test_trickling_server_fails_within_timeout_plus_budget(where: str) -> None:
             yield 1.0, reply[i : i + 1]
 
     with HostileServer(respond) as server:
-        client = Client(hostile_source(server.url, retry_attempts=5, retry_budget_s=2))
+        client = connect(hostile_source(server.url, retry_attempts=5, retry_budget_s=2))
         t0 = time.monotonic()
         with client, pytest.raises(ServerUnreachable, match="timed out"):
             client.query_page(0, 100)
@@ -145,7 +148,7 @@ def test_list_that_never_ends_stops_with_one_line(sqlite_store: Store, distinct:
     line after a bounded number of requests, and what was read is kept."""
     with HostileServer(_endless(distinct)) as server:
         src = hostile_source(server.url)
-        with Client(src) as client, pytest.raises(RunawayList, match="did not end") as info:
+        with connect(src) as client, pytest.raises(RunawayList, match="did not end") as info:
             pipeline.backfill(sqlite_store, client, src)
         assert len(server.requests) <= (25 if distinct else 4)
     assert "\n" not in str(info.value) and "source main" in str(info.value)
@@ -157,7 +160,7 @@ def test_list_that_never_ends_ends_the_sync_too(sqlite_store: Store) -> None:
     """The incremental head pass has the same guard as a walk."""
     with HostileServer(_endless(True)) as server:
         src = hostile_source(server.url, head_margin=10**6)
-        with Client(src) as client, pytest.raises(RunawayList):
+        with connect(src) as client, pytest.raises(RunawayList):
             pipeline.incremental(sqlite_store, client, src)
         assert len(server.requests) <= 25
 
@@ -169,7 +172,7 @@ def test_unicode_digit_id_and_time_do_not_poison_the_run(sqlite_store: Store) ->
     sim.overrides[150] = dict(sim.task(150), id="²")
     sim.overrides[151] = dict(sim.task(151), submitTime="²", startTime="٣")
     src = source_for("http://sim.test")
-    client = Client(src, transport=sim_transport(sim))
+    client = connect(src, transport=sim_transport(sim))
     report = pipeline.backfill(sqlite_store, client, src)
     assert report.outcome == "ok" and (report.inserted, report.rejected) == (300, 0)
     again = pipeline.sweep(sqlite_store, client, src)  # an id out of order: nothing marked gone
@@ -195,7 +198,7 @@ def test_out_of_range_totals_are_unknown(sqlite_store: Store, total: int) -> Non
 
     src = source_for("http://mj.test")
     report = pipeline.backfill(
-        sqlite_store, Client(src, transport=httpx.MockTransport(handler)), src
+        sqlite_store, connect(src, transport=httpx.MockTransport(handler)), src
     )
     assert report.outcome == "ok" and report.inserted == 300
 
@@ -204,7 +207,7 @@ def test_success_false_replies_are_retried(sqlite_store: Store) -> None:
     """1 % of replies saying success=false no longer sink a long backfill: they are retried."""
     sim = Simulator(20_000, seed=4, faults=Faults(refuse=0.01))
     src = source_for("http://sim.test", retry_attempts=5)
-    report = pipeline.backfill(sqlite_store, Client(src, transport=sim_transport(sim)), src)
+    report = pipeline.backfill(sqlite_store, connect(src, transport=sim_transport(sim)), src)
     assert report.outcome == "ok" and report.inserted == 20_000 and report.retries >= 1
 
 
@@ -216,7 +219,7 @@ def test_success_false_after_the_budget_fails_with_the_message() -> None:
         calls.append(1)
         return httpx.Response(200, json={"success": False, "code": 3, "message": "账号已禁用"})
 
-    client = Client(source_for("http://mj.test"), transport=httpx.MockTransport(handler))
+    client = connect(source_for("http://mj.test"), transport=httpx.MockTransport(handler))
     with pytest.raises(ServerRefused, match="账号已禁用") as info:
         client.query_page(0, 100)
     assert len(calls) == 6 and "gave up after retries" in str(info.value)
@@ -235,7 +238,7 @@ FORGED = "busy\n2026-12-01 00:00:00 INFO run source=main outcome=ok\x1b[2J\x1b]0
 )
 def test_server_text_is_one_printable_line(reply: dict[str, Any]) -> None:
     """What a server says reaches messages as one line, control characters escaped, cut."""
-    client = Client(
+    client = connect(
         source_for("http://mj.test", retry_attempts=1),
         transport=httpx.MockTransport(lambda req: httpx.Response(200, json=reply)),
     )
@@ -254,7 +257,7 @@ def test_token_echoed_by_the_server_is_redacted() -> None:
         doc = {"success": False, "message": f"bad token {sent} / {orjson.dumps(sent).decode()}"}
         return httpx.Response(200, json=doc)
 
-    client = Client(
+    client = connect(
         source_for("http://mj.test", retry_attempts=1),
         token=token,
         transport=httpx.MockTransport(handler),
@@ -278,7 +281,7 @@ def test_an_id_of_thousands_of_digits_does_not_stop_the_walk(sqlite_store: Store
     sim.overrides[150] = dict(sim.task(150), id="1" * 5000)
     sim.overrides[151] = dict(sim.task(151), submitTime="1" * 5000)
     src = source_for("http://sim.test")
-    client = Client(src, transport=sim_transport(sim))
+    client = connect(src, transport=sim_transport(sim))
     report = pipeline.backfill(sqlite_store, client, src)
     assert report.outcome == "ok" and (report.inserted, report.rejected) == (299, 1)
     assert pipeline.sweep(sqlite_store, client, src).outcome == "ok"
@@ -293,7 +296,7 @@ def test_a_server_echoing_the_token_gets_it_into_no_message(sqlite_store: Store)
         return httpx.Response(200, content=orjson.dumps({canary: 1, "oops": True}))
 
     src = source_for("http://mj.test", retry_attempts=1)
-    client = Client(src, token=canary, transport=httpx.MockTransport(handler))
+    client = connect(src, token=canary, transport=httpx.MockTransport(handler))
     with pytest.raises(BadResponse) as info:
         pipeline.backfill(sqlite_store, client, src)
     assert canary not in str(info.value) and "***" in str(info.value)
@@ -311,7 +314,7 @@ def test_list_by_condition_saves_only_the_tasks_asked_for() -> None:
         tasks += [{"id": f"someone-elses-{n}"} for n in range(3)]
         return httpx.Response(200, content=orjson.dumps(tasks))
 
-    client = Client(source_for("http://mj.test"), transport=httpx.MockTransport(handler))
+    client = connect(source_for("http://mj.test"), transport=httpx.MockTransport(handler))
     got = client.list_by_ids(["abc", "xyz"])
     assert sorted(t["id"] for t in got) == ["abc", "xyz"]
 
@@ -339,10 +342,10 @@ def test_auto_detection_stops_on_a_busy_server_instead_of_guessing(
         return plain.handle_request(req)
 
     src = source_for("http://mj.test", api="auto", retry_attempts=1)
-    client = Client(src, transport=httpx.MockTransport(handler))
+    client = connect(src, transport=httpx.MockTransport(handler))
     with pytest.raises(ServerBusy, match="family"):
         pipeline.backfill(sqlite_store, client, src)
-    client = Client(src, transport=httpx.MockTransport(handler))
+    client = connect(src, transport=httpx.MockTransport(handler))
     report = pipeline.backfill(sqlite_store, client, src)
     assert report.api == "plus" and report.inserted == 50
 
@@ -364,7 +367,7 @@ def test_a_novicezk_sweep_never_marks_gone_a_task_it_listed(
     listed: the whole-list sweep keeps it, as the paged sweeps do."""
     sim = Simulator(40, seed=6, api="novicezk")
     src = source_for(serve(sim).url, api="novicezk")
-    with Client(src) as client:
+    with connect(src) as client:
         assert pipeline.backfill(sqlite_store, client, src).inserted == 40
         i = sim.alive[7]
         sim.overrides[i] = dict(sim.task(i), status="SUCCESS" + "x" * 10_000)
@@ -375,7 +378,6 @@ def test_a_novicezk_sweep_never_marks_gone_a_task_it_listed(
 def test_status_says_so_when_the_newest_item_is_not_a_task(sqlite_store: Store) -> None:
     """`status` asking a server whose newest listed item is not an object: a note, not an
     internal error."""
-    from datetime import UTC, datetime
 
     from sync.views import status
 
@@ -384,7 +386,7 @@ def test_status_says_so_when_the_newest_item_is_not_a_task(sqlite_store: Store) 
 
     with HostileServer(respond) as server:
         src = source_for(server.url, retry_attempts=1)
-        newest, why = status.ask_server(sqlite_store, src, datetime.now(UTC))
+        newest, why = status.ask_server(sqlite_store, src)
     assert newest is None and "not a task" in why
 
 
@@ -408,9 +410,9 @@ def test_newapi_without_a_page_number_reads_every_page_and_marks_nothing_gone(
         return httpx.Response(reply.status_code, content=orjson.dumps(body))
 
     src = source_for("http://sim.test", api="newapi", page_size=10, newapi_user=1)
-    client = Client(src, transport=httpx.MockTransport(handler))
+    client = connect(src, transport=httpx.MockTransport(handler))
     assert pipeline.backfill(sqlite_store, client, src).inserted == 25
-    client = Client(src, transport=httpx.MockTransport(handler))
+    client = connect(src, transport=httpx.MockTransport(handler))
     report = pipeline.sweep(sqlite_store, client, src)
     assert report.outcome == "ok" and report.gone == 0
 
@@ -431,7 +433,7 @@ def test_a_whole_list_that_never_ends_stops_with_one_line(
 
     with HostileServer(respond) as server:
         src = hostile_source(server.url, api="novicezk")
-        with Client(src) as client, pytest.raises(RunawayList, match="never ends"):
+        with connect(src) as client, pytest.raises(RunawayList, match="never ends"):
             pipeline.sweep(sqlite_store, client, src)
     kept = count(sqlite_store, Task)
     assert (1000 <= kept <= 1200) if distinct else kept == 1
@@ -455,7 +457,7 @@ def test_a_deeply_nested_whole_list_is_refused_in_bounded_memory(
         src = hostile_source(server.url, api="novicezk")
         tracemalloc.start()
         try:
-            with Client(src) as client, pytest.raises(BadResponse, match="bracketed parts"):
+            with connect(src) as client, pytest.raises(BadResponse, match="bracketed parts"):
                 pipeline.sweep(sqlite_store, client, src)
             peak = tracemalloc.get_traced_memory()[1]
         finally:
@@ -474,7 +476,7 @@ def test_pages_that_come_round_again_without_a_total_stop_the_walk(sqlite_store:
         return httpx.Response(200, content=orjson.dumps(body))
 
     src = source_for("http://mj.test")
-    client = Client(src, transport=httpx.MockTransport(handler))
+    client = connect(src, transport=httpx.MockTransport(handler))
     with pytest.raises(RunawayList, match="already returned"):
         pipeline.backfill(sqlite_store, client, src)
     assert client.requests < 10
@@ -493,6 +495,6 @@ def test_newapi_rows_without_a_row_id_are_walked(sqlite_store: Store) -> None:
         return httpx.Response(200, content=orjson.dumps(body))
 
     src = source_for("http://sim.test", api="newapi", page_size=10, newapi_user=1)
-    client = Client(src, transport=httpx.MockTransport(handler))
+    client = connect(src, transport=httpx.MockTransport(handler))
     report = pipeline.backfill(sqlite_store, client, src)
     assert report.outcome == "ok" and report.inserted == 35

@@ -26,8 +26,9 @@ from sync.archive.models import TaskImage
 from sync.archive.store import Store
 from sync.config import ImagesSettings
 from sync.images import job as images
+from sync.images.client import ImageClient, ImageFailure
 from sync.jobs import pipeline
-from sync.server.client import Client, ImageClient, ImageFailure
+from sync.server.client import connect
 from sync.server.transport import AddressRefused, public_only
 from sync.simulator import Simulator, SimulatorServer
 from sync.simulator.images import ImageFaults, png
@@ -65,7 +66,7 @@ def archived(
     sim = Simulator(tasks, seed=21, images=True, token=TOKEN, **kw)
     url = serve(sim).url
     src = source_for(url)
-    with Client(src, token=TOKEN) as client:
+    with connect(src, token=TOKEN) as client:
         assert pipeline.backfill(store, client, src).outcome == "ok"
     return sim, url
 
@@ -125,7 +126,7 @@ def test_every_family_s_pictures_are_fetched(
     sim = Simulator(120, seed=8, api=api, images=True, token=TOKEN)
     url = serve(sim).url
     src = source_for(url, api=api)
-    with Client(src, token=TOKEN) as client:
+    with connect(src, token=TOKEN) as client:
         assert pipeline.backfill(sqlite_store, client, src).outcome == "ok"
     run = images.run(sqlite_store, settings(tmp_path), [("main", url)])
     got = slots(sqlite_store)
@@ -326,7 +327,7 @@ def test_hostile_links_are_refused_at_the_socket(
         }
         sim.overrides[i]["imageUrl"] = link
     src = source_for(server.url)
-    with Client(src) as client:
+    with connect(src) as client:
         pipeline.backfill(sqlite_store, client, src)
     images.run(sqlite_store, settings(tmp_path), [("main", server.url)])
     by_url = {s.url: s for s in slots(sqlite_store)}

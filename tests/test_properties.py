@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sync.archive.models import Task, TaskEvent
 from sync.archive.store import Store
 from sync.jobs import pipeline
-from sync.server.client import Client
+from sync.server.client import connect
 from sync.simulator import Simulator
 
 from .helpers import OPS, apply, assert_archive_equals_truth, migrated, sim_transport, source_for
@@ -36,7 +36,7 @@ def check_run_sequence(store: Store, size: int, page: int, ops: list[Any], runs:
     source = f"p{next(SOURCES)}"
     sim = Simulator(size, seed=size + len(ops), unfinished_per_mille=150)
     src = source_for("http://sim.test", name=source, page_size=page, head_margin=page)
-    client = Client(src, transport=sim_transport(sim))
+    client = connect(src, transport=sim_transport(sim))
     queue = list(ops)
     sim.on_request = lambda s: apply(s, queue.pop(0)) if queue else None
     snapshots: list[dict[str, str]] = []

@@ -45,14 +45,14 @@ def snapshot(store: Store) -> tuple[Any, ...]:
 def archive(store: Store) -> Iterator[Store]:
     """A small real archive on each database."""
     from sync.jobs import pipeline
-    from sync.server.client import Client
+    from sync.server.client import connect
     from sync.simulator import Simulator
 
     from .helpers import source_for
 
     sim = Simulator(120, seed=3)
     src = source_for("http://sim.test")
-    pipeline.backfill(store, Client(src, transport=sim_transport(sim)), src)
+    pipeline.backfill(store, connect(src, transport=sim_transport(sim)), src)
     yield store
     MARK.unlink(missing_ok=True)
 

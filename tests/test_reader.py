@@ -20,7 +20,7 @@ from sync.archive.store import Store
 from sync.errors import AuthRefused
 from sync.jobs import pipeline
 from sync.server import reader
-from sync.server.client import Client
+from sync.server.client import connect
 from sync.simulator import Faults, Simulator, SimulatorServer
 from sync.tasks.batch import Binder, prepare
 from sync.tasks.records import Fingerprint
@@ -114,7 +114,7 @@ def test_fetch_process_backfill_under_drift_equals_truth(
 
     sim.on_request = churn
     src = source_for(serve(sim).url, concurrency=3, max_requests_per_second=25)
-    with Client(src) as client:
+    with connect(src) as client:
         report = pipeline.backfill(store, client, src, fetch_process=True)
         assert report.outcome == "ok" and _used_process(info_logs)
         assert any("drift repairs" in n for n in report.notes), report.notes
@@ -149,7 +149,7 @@ def test_fetch_process_retries_a_hostile_server_quietly(
     faults = Faults(rate_limit=0.2, server_error=0.1, truncated=0.05)
     sim = Simulator(2_500, seed=13, faults=faults)
     src = source_for(serve(sim).url, retry_attempts=12, max_requests_per_second=30)
-    with Client(src) as client:
+    with connect(src) as client:
         report = pipeline.backfill(sqlite_store, client, src, fetch_process=True)
     assert report.outcome == "ok" and _used_process(info_logs)
     assert report.retries > 2 and report.requests == sim.requests  # faults included
@@ -169,7 +169,7 @@ def test_nul_characters_are_replaced_on_thread_and_process_pages(
     for i in (1_499, 20):  # newest first: page 0, and page 14
         sim.overrides[i] = {**sim.task(i), "prompt": "nul\x00inside", "properties": {"k\x00": 1}}
     src = source_for(serve(sim).url, max_requests_per_second=15)
-    with Client(src) as client:
+    with connect(src) as client:
         report = pipeline.backfill(store, client, src, fetch_process=True)
     assert report.outcome == "ok" and report.inserted == 1_500 and _used_process(info_logs)
     rows = archive(store)
@@ -188,7 +188,7 @@ def test_fetch_process_rebackfill_writes_nothing(
     """Unchanged pages travel as the server's bytes and are fingerprinted by the parent."""
     sim = Simulator(2_000, seed=8)
     src = source_for(serve(sim).url, max_requests_per_second=15)
-    with Client(src) as client:
+    with connect(src) as client:
         pipeline.backfill(sqlite_store, client, src, fetch_process=True)
         events = count(sqlite_store, TaskEvent)
         info_logs.clear()
@@ -218,7 +218,7 @@ def test_fetch_process_error_keeps_its_kind_and_leaves_no_child(
 
     sim.on_request = revoke
     src = source_for(serve(sim).url, max_requests_per_second=20)
-    with Client(src, token="good") as client, pytest.raises(AuthRefused):
+    with connect(src, token="good") as client, pytest.raises(AuthRefused):
         pipeline.backfill(sqlite_store, client, src, fetch_process=True)
     assert _used_process(info_logs)
     assert last_run(sqlite_store)["outcome"] == "failed"
@@ -236,7 +236,7 @@ def test_fetch_process_that_cannot_start_falls_back_to_a_thread(
     monkeypatch.setattr(reader.sys, "executable", "/bin/false")
     sim = Simulator(1_000, seed=10)
     src = source_for(serve(sim).url)
-    with Client(src) as client:
+    with connect(src) as client:
         report = pipeline.backfill(sqlite_store, client, src, fetch_process=True)
     assert report.outcome == "ok" and report.inserted == 1_000
     assert any("reading on a thread" in r.getMessage() for r in info_logs.records)

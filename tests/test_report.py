@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from sync.archive.runs import RunReport
 from sync.archive.store import Store
 from sync.jobs import pipeline
-from sync.server.client import Client
+from sync.server.client import connect
 from sync.simulator import Simulator, SimulatorServer
 from sync.views import report, status
 
@@ -308,22 +308,22 @@ def test_status_says_how_far_the_archive_lags_the_server(
     the arrivals' submit times after new tasks arrive; an unreachable server is said."""
     sim = Simulator(300, seed=8)
     src = source_for(serve(sim).url)
-    with Client(src) as client:
+    with connect(src) as client:
         pipeline.backfill(sqlite_store, client, src)
     now = datetime.now(UTC)
     found = status.gather(sqlite_store, ["main"])
-    found[0].server_newest, found[0].server_note = status.ask_server(sqlite_store, src, now)
+    found[0].server_newest, found[0].server_note = status.ask_server(sqlite_store, src)
     assert found[0].lag == timedelta(0)
     assert "level with the server" in status.render(found, now)[-1]
     archived_ms = sim.task(sim.newest(0, 1)[0])["submitTime"]
     sim.arrive(3)
     newest_ms = sim.task(sim.newest(0, 1)[0])["submitTime"]
-    found[0].server_newest, _ = status.ask_server(sqlite_store, src, now)
+    found[0].server_newest, _ = status.ask_server(sqlite_store, src)
     assert newest_ms > archived_ms
     assert found[0].lag == timedelta(milliseconds=newest_ms - archived_ms)
     assert status.render(found, now)[-1].endswith(f"{(newest_ms - archived_ms) // 1000}s behind")
     down = source_for("http://127.0.0.1:9", retry_budget_s=0.5)
-    newest, note = status.ask_server(sqlite_store, down, now)
+    newest, note = status.ask_server(sqlite_store, down)
     assert newest is None and "127.0.0.1:9" in note
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from sync.archive.store import Store
 from sync.jobs import pipeline
-from sync.server.client import Client
+from sync.server.client import connect
 from sync.simulator import Simulator, SimulatorServer
 from sync.views.report import normalize_reason
 
@@ -70,7 +70,7 @@ def test_html_report_draws_every_chart_in_a_real_browser(
     failed = next(i for i in sim.alive if sim.task(i)["status"] == "FAILURE")
     sim.overrides[failed] = dict(sim.task(failed), failReason=HOSTILE)
     src = source_for(serve(sim).url)
-    with Client(src) as client:
+    with connect(src) as client:
         pipeline.backfill(sqlite_store, client, src)
     page_file = tmp_path / "report.html"
     url = sqlite_store.url.render_as_string(hide_password=False)

@@ -15,7 +15,7 @@ import pytest
 
 from sync.archive.store import Store
 from sync.jobs import pipeline
-from sync.server.client import Client
+from sync.server.client import connect
 from sync.simulator import Simulator, SimulatorServer
 from sync.views import report
 
@@ -93,7 +93,7 @@ def archived(
     """A simulator's tasks, two to a few hundred a day, backfilled, then moved on and synced."""
     sim = Simulator(3_000, seed=12, gap_ms=int(gap_h * HOUR_MS), unfinished_per_mille=60)
     src = source_for(serve(sim).url)
-    with Client(src) as client:
+    with connect(src) as client:
         pipeline.backfill(store, client, src)
         for i in sim.unfinished()[:40]:
             sim.advance(i)
@@ -128,7 +128,7 @@ def test_report_in_a_zone_with_daylight_saving_equals_truth(
     """New York, across the March change to summer time: periods counted in local time."""
     sim = Simulator(3_000, seed=3, gap_ms=int(1.0 * HOUR_MS))  # 1 Jan .. 5 May 2026
     src = source_for(serve(sim).url)
-    with Client(src) as client:
+    with connect(src) as client:
         pipeline.backfill(sqlite_store, client, src)
     zone = ZoneInfo("America/New_York")
     rep = report.build_report(sqlite_store, by=by, tz=zone, tz_name="America/New_York")  # type: ignore[arg-type]

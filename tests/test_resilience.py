@@ -16,7 +16,7 @@ from sync.archive.store import Store
 from sync.config import SourceSettings
 from sync.errors import ConfigError, ServerError
 from sync.jobs import pipeline
-from sync.server.client import Client
+from sync.server.client import connect
 from sync.simulator import Faults, Simulator, SimulatorServer
 
 from .helpers import (
@@ -38,7 +38,7 @@ def test_chaos_backfill_and_sweep_equal_truth(db_url_sp: str) -> None:
     faults = Faults(rate_limit=0.10, server_error=0.05, truncated=0.02, slow=0.02, slow_s=0.01)
     sim = Simulator(2_500, seed=11, faults=faults, arrivals_per_request=0.7)
     src = source_for("http://sim.test", retry_attempts=10)
-    client = Client(src, transport=sim_transport(sim))
+    client = connect(src, transport=sim_transport(sim))
     first = pipeline.backfill(store, client, src)
     assert first.outcome == "ok" and first.retries > 0
     sim.arrivals_per_request = 0
@@ -54,7 +54,7 @@ def test_retry_after_is_honoured() -> None:
         httpx.Response(429, headers={"Retry-After": "1"}),
         httpx.Response(200, json={"content": [], "last": True, "totalElements": 0}),
     ]
-    client = Client(
+    client = connect(
         source_for("http://mj.test"),
         transport=httpx.MockTransport(lambda req: replies.pop(0)),
         wait_initial=0.01,
@@ -69,7 +69,7 @@ def test_failed_run_keeps_what_it_committed_and_next_run_resumes(sqlite_store: S
     """A server that dies mid-walk: the run is `failed` with the error, pages kept, resumable."""
     sim = Simulator(1_000)
     src = source_for("http://sim.test", retry_attempts=2)
-    client = Client(src, transport=sim_transport(sim))
+    client = connect(src, transport=sim_transport(sim))
     sim.on_request = lambda s: setattr(s.faults, "server_error", 1.0) if s.requests >= 4 else None
     with pytest.raises(ServerError):
         pipeline.backfill(sqlite_store, client, src)
@@ -153,7 +153,7 @@ def test_database_lost_mid_run_fails_cleanly(tmp_path: Path) -> None:
         store = migrated(url)
         sim = Simulator(2_000)
         src = source_for("http://sim.test")
-        client = Client(src, transport=sim_transport(sim))
+        client = connect(src, transport=sim_transport(sim))
 
         def kill_backends(s: Simulator) -> None:
             if s.query_requests == 6:
@@ -206,7 +206,7 @@ def test_sqlite_reader_does_not_block_writer(sqlite_store: Store) -> None:
     reader.execute("SELECT count(*) FROM tasks").fetchone()
     sim = Simulator(500)
     src = source_for("http://sim.test")
-    report = pipeline.backfill(sqlite_store, Client(src, transport=sim_transport(sim)), src)
+    report = pipeline.backfill(sqlite_store, connect(src, transport=sim_transport(sim)), src)
     reader.rollback()
     reader.close()
     assert report.outcome == "ok" and report.inserted == 500
@@ -219,5 +219,5 @@ def test_bad_ca_bundle_is_a_config_error(tmp_path: Path) -> None:
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate")
     with pytest.raises(ConfigError, match="ca_bundle"):
-        Client(SourceSettings(name="a", base_url="https://x", ca_bundle=junk))
+        connect(SourceSettings(name="a", base_url="https://x", ca_bundle=junk))
     assert "verify" not in SourceSettings.model_fields

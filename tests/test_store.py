@@ -305,7 +305,7 @@ def test_sweep_compares_ids_as_stored(store: Store) -> None:
     """A task id with a NUL is stored cleaned; sweeps compare the stored form, so it is
     neither marked gone nor 'returned' on every other sweep."""
     from sync.jobs import pipeline
-    from sync.server.client import Client
+    from sync.server.client import connect
     from sync.simulator import Simulator
 
     from .helpers import sim_transport, source_for
@@ -313,7 +313,7 @@ def test_sweep_compares_ids_as_stored(store: Store) -> None:
     sim = Simulator(50, seed=2)
     sim.overrides[10] = dict(sim.task(10), id="bad\x00id")
     src = source_for("http://sim.test")
-    client = Client(src, transport=sim_transport(sim))
+    client = connect(src, transport=sim_transport(sim))
     pipeline.backfill(store, client, src)
     assert "bad\ufffdid" in archive(store)
     for _ in range(2):

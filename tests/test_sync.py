@@ -12,7 +12,7 @@ from sync.archive.models import SyncRun, Task, TaskEvent
 from sync.archive.store import Store
 from sync.errors import MassGoneRefused
 from sync.jobs import pipeline
-from sync.server.client import Client
+from sync.server.client import Client, connect
 from sync.simulator import Simulator
 
 from .helpers import (
@@ -39,7 +39,7 @@ class Clock:
 
 def setup(store: Store, sim: Simulator, **kw: object) -> tuple[Client, Callable[..., object]]:
     src = source_for("http://sim.test", **kw)
-    client = Client(src, transport=sim_transport(sim))
+    client = connect(src, transport=sim_transport(sim))
     return client, src  # type: ignore[return-value]
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sync.server.client import ServerPage
 from sync.server.families.plus import parse_page
+from sync.server.pages import ServerPage
 from sync.server.walk import Cursor, WalkStats, id_key, walk
 from sync.simulator import Simulator
 

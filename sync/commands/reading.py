@@ -92,7 +92,7 @@ def status(app: App, no_server: bool) -> None:
         elif src is None:
             one.server_note = "not in the config"
         else:
-            one.server_newest, one.server_note = st.ask_server(store, src, now)
+            one.server_newest, one.server_note = st.ask_server(store, src)
     for line in st.render(found, now):
         click.echo(line)
 

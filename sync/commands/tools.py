@@ -13,6 +13,7 @@ from sync.commands import FiniteRange
 from sync.config import effective_view
 from sync.console import stop_on_signals
 from sync.errors import ConfigError, TasksyncError
+from sync.server.families import FAMILIES
 
 
 @click.group("config")
@@ -24,7 +25,9 @@ def config_group() -> None:
 @pass_app
 def config_check(app: App) -> None:
     """Validate the config and print the effective settings, secrets redacted."""
-    from sync.server.families import describe, detect
+    from sync.server.client import connect_quick
+    from sync.server.families.base import describe
+    from sync.server.families.probing import detect
 
     settings = app.settings
     click.echo(f"# config: {settings.path or '(none: defaults and environment)'}")
@@ -35,10 +38,7 @@ def config_check(app: App) -> None:
         if src.api != "auto":
             continue
         # One quick, read-only try per probe: this is a check, not a run.
-        quick = src.model_copy(update={"retry_attempts": 1, "timeout_s": min(src.timeout_s, 5)})
-        from sync.server.client import connect
-
-        with connect(quick) as client:
+        with connect_quick(src) as client:
             try:
                 found, evidence = detect(client)
                 click.echo(f"# source {src.name}: api = auto finds {describe(found)} ({evidence})")
@@ -73,7 +73,7 @@ PER_REQUEST = FiniteRange(0, 1_000)
 )
 @click.option(
     "--api",
-    type=click.Choice(["plus", "trueai", "novicezk", "newapi", "ids"]),
+    type=click.Choice(FAMILIES),
     default="plus",
     show_default=True,
     help="Which server family to play.",
@@ -140,7 +140,7 @@ def simulate(
 @click.option("--tasks", type=click.IntRange(1, MAX_TASKS), default=5000, show_default=True)
 @click.option(
     "--api",
-    type=click.Choice(["plus", "trueai", "novicezk", "newapi", "ids"]),
+    type=click.Choice(FAMILIES),
     default="plus",
     show_default=True,
     help="Which server family the simulator plays (the demo's config says api = auto).",

@@ -31,7 +31,7 @@ from sync.archive.images import Link, Outcome, Slot
 from sync.archive.store import Store
 from sync.config import ImagesSettings
 from sync.errors import ConfigError, printable
-from sync.server.client import ImageClient, ImageFailure
+from sync.images.client import ImageClient, ImageFailure
 from sync.tasks.records import join
 
 log = logging.getLogger("tasksync.images")

@@ -22,8 +22,9 @@ from sync.archive.runs import RunReport, SaveResult
 from sync.archive.store import ResumePoint, Store
 from sync.config import SourceSettings
 from sync.errors import BadResponse, ConfigError, HTTPStatusError, RunawayList, TasksyncError
+from sync.jobs.family import family_of
 from sync.server.client import BY_IDS_MAX, Client
-from sync.server.families import Family, describe, detect, named
+from sync.server.families.base import Family
 from sync.server.families.ids import NO_LIST
 from sync.server.reader import PageReader
 from sync.server.walk import Cursor, Runaway, WalkStats, id_key, walk
@@ -47,24 +48,6 @@ class Interrupted(Exception):
 def _check(stop: threading.Event | None) -> None:
     if stop is not None and stop.is_set():
         raise Interrupted
-
-
-def family_of(
-    store: Store, client: Client, src: SourceSettings, now: datetime, *, remember: bool = True
-) -> Family:
-    """The source's family adapter: as configured, or for `api = "auto"` as remembered in the
-    archive, or found now by probing (and then remembered, unless `remember` is off)."""
-    if client.family is not None:
-        return client.family
-    remembered = store.remembered_api(src.name)
-    found = named(remembered) if remembered else None
-    if found is None:
-        found, evidence = detect(client)
-        if remember:
-            store.remember_api(src.name, found.name, evidence, now)
-        log.info("source %s: the server is %s (%s)", src.name, describe(found), evidence)
-    client.family = found
-    return found
 
 
 def run_recorded(

@@ -1,39 +1,37 @@
-"""The only door to the network: one source's HTTP client, with auth, a deadline per request,
-a byte cap per reply (`sync.transport`), retries (stamina), a per-source rate limit and strict
-response checks. Which endpoints hold the task list, and how their replies read, is the
-source's family adapter (`sync.families`), which makes its requests through this client.
+"""The task client, the only door to a task server: one source's HTTP client, with its
+credential, a deadline per request and a byte cap per reply (`transport`), retries (stamina,
+one loop for every request), a per-source rate limit and strict response checks. Which
+endpoints hold the task list, and how their replies read, is the source's family adapter
+(`families`), which `connect` hands the client and which makes its requests through it.
 
 It returns parsed task objects (dicts, as the server sent them) inside `ServerPage`s; it never
 hands out raw HTTP responses, never puts the token in a message, and shows what the server
-says only through `Client.say` (one printable line, the token scrubbed).
+says only through `Client.say` (one printable line, the token scrubbed). It never uses proxy
+settings or credentials from the environment (`trust_env=False`).
 
-`ImageClient` is the other client here: for the links tasks carry (images, videos), which it
-treats as untrusted input and fetches without any credential.
+The links tasks carry (images, videos) have a client of their own, with the opposite rules:
+`sync.images.client`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import email.utils
-import json
 import logging
 import ssl
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urljoin, urlsplit
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import orjson
 import stamina
 
 if TYPE_CHECKING:  # the fetch process runs this module without loading pydantic
-    from sync.config import ImagesSettings, SourceSettings
-    from sync.server.families import Family
+    from sync.config import SourceSettings
+    from sync.server.families.base import Family
+    from sync.server.pages import ServerPage
 
 from sync.errors import (
     AuthRefused,
@@ -48,15 +46,17 @@ from sync.errors import (
     keep_secret,
     printable,
 )
+from sync.server.families.adapters import named
+from sync.server.pages import loads
 from sync.server.transport import (
     ACCEPT_ENCODING,
-    CHUNK,
-    AddressRefused,
     BadEncoding,
     Deadline,
     DeadlineTransport,
+    RateLimiter,
     TooLarge,
     iter_decoded,
+    parse_retry_after,
     read_capped,
 )
 from sync.tasks.records import MJ, SHAPES, Shape, task_id
@@ -65,32 +65,8 @@ log = logging.getLogger("tasksync.client")
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 BY_IDS_MAX = 100
-
-
-@dataclass(frozen=True, slots=True)
-class ServerPage:
-    """One page of the task list as the server sent it, newest first. `keys` orders the walk
-    (the task ids, unless the family orders by something else, such as new-api's row ids);
-    `body` is the reply's bytes, when asked for."""
-
-    number: int
-    size: int
-    tasks: list[Any]
-    total: int | None
-    last: bool
-    body: bytes | None = None
-    shape: str = MJ.name
-    walk_keys: list[str] | None = field(default=None, compare=False)
-
-    @property
-    def ids(self) -> list[str]:
-        """The ids on the page, as the archive stores them."""
-        shape = SHAPES[self.shape]
-        return [tid for tid in (task_id(t, shape) for t in self.tasks) if tid is not None]
-
-    @property
-    def keys(self) -> list[str]:
-        return self.walk_keys if self.walk_keys is not None else self.ids
+QUICK_S = 5.0  # the most a quick look (`connect_quick`) waits for its one request
+_T = TypeVar("_T")
 
 
 class _Transient(ServerError):
@@ -104,41 +80,9 @@ class _Transient(ServerError):
         self.retry_after = retry_after
 
 
-class RateLimiter:
-    """At most `rate` request starts per second, shared by every thread of a source."""
-
-    def __init__(self, rate: float) -> None:
-        self.interval = 1.0 / rate
-        self._next = 0.0
-        self._lock = threading.Lock()
-
-    def wait(self) -> None:
-        with self._lock:
-            now = time.monotonic()
-            start = max(now, self._next)
-            self._next = start + self.interval
-        if start > now:
-            time.sleep(start - now)
-
-
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
-
-
 class Client:
-    """One source's HTTP client; `family` (an adapter from `sync.families`) knows its API."""
+    """One source's HTTP client; `family` (an adapter from `sync.server.families`, handed in
+    by `connect`, or found later by probing) knows its API."""
 
     def __init__(
         self,
@@ -150,8 +94,6 @@ class Client:
         wait_max: float = 30.0,
         family: Family | None = None,
     ) -> None:
-        from sync.server.families import named
-
         self.source = source
         self.token = token
         # What a fetch process needs to open the same client (none with a custom transport).
@@ -182,6 +124,7 @@ class Client:
             timeout=httpx.Timeout(source.timeout_s, connect=min(10.0, source.timeout_s)),
             transport=transport or DeadlineTransport(self.deadline, verify=verify, limits=limits),
             follow_redirects=False,
+            trust_env=False,  # no proxy settings, no .netrc credentials
         )
         self.limiter = RateLimiter(source.max_requests_per_second)
         self.wait_initial = wait_initial
@@ -190,7 +133,7 @@ class Client:
         self.requests = 0
         self.retries = 0
         self._count_lock = threading.Lock()
-        self.family = family if family is not None else named(source.api)
+        self.family = family
 
     @property
     def spawn_args(self) -> tuple[Any, ...] | None:
@@ -287,6 +230,58 @@ class Client:
         stop once `retry_budget_s` is spent, so one request takes at most timeout_s +
         retry_budget_s. With `probe`, one attempt, and a reply that is not JSON is final."""
         url = self.base + path
+        where = f"source {self.source.name}: {method} {url}"
+        content = None if body is None else orjson.dumps(body)
+        extra = {"Content-Type": "application/json"} if body is not None else None
+
+        def once(give_up: float) -> tuple[Any, bytes]:
+            try:
+                with contextlib.ExitStack() as stack:
+                    resp = self._open(stack, method, url, where, give_up, content, params, extra)
+                    raw = read_capped(resp, self.max_bytes, self.deadline)
+            except (httpx.HTTPError, OSError, TooLarge, BadEncoding) as exc:
+                raise self._failure(exc, where) from None
+            finally:
+                self.deadline.at = None
+            return self._parse(raw, resp, where)
+
+        return self._retried(once, probe=probe)
+
+    @contextlib.contextmanager
+    def stream(self, path: str) -> Iterator[Iterator[bytes]]:
+        """A GET whose reply is read as it comes (a whole task list): the decoded bytes in
+        chunks. Opening it is retried like any request; each chunk must come within
+        `timeout_s` (the reply as a whole may take longer), and the family bounds what it
+        holds (each task object within max_response_mb)."""
+        url = self.base + path
+        where = f"source {self.source.name}: GET {url}"
+
+        def opened(give_up: float) -> tuple[contextlib.ExitStack, httpx.Response]:
+            stack = contextlib.ExitStack()
+            try:
+                return stack, self._open(stack, "GET", url, where, give_up, None, None, None)
+            except BaseException:
+                stack.close()
+                self.deadline.at = None
+                raise
+
+        stack, resp = self._retried(opened, probe=False)
+        with stack:
+            try:
+                yield iter_decoded(resp, self.deadline, self.source.timeout_s)
+            except (httpx.HTTPError, OSError, BadEncoding) as exc:
+                failure = self._failure(exc, where)
+                if isinstance(failure, _Transient):  # the list was under way: not retried
+                    raise failure.final(str(failure)) from None
+                raise failure from None
+            finally:
+                self.deadline.at = None
+
+    def _retried(self, attempt_once: Callable[[float], _T], *, probe: bool) -> _T:
+        """`attempt_once(give_up)`, tried again after a transient failure (a 429 or 5xx, a
+        dropped connection, a timeout, a reply that is not JSON, success=false) with
+        exponential backoff and jitter, honouring Retry-After, within `retry_attempts` and
+        `retry_budget_s`: the one retry loop of every request. With `probe`, one attempt."""
         src = self.source
         give_up = time.monotonic() + src.timeout_s + src.retry_budget_s
 
@@ -313,7 +308,7 @@ class Client:
                         with self._count_lock:
                             self.retries += 1
                     try:
-                        return self._once(method, url, body, params, give_up)
+                        return attempt_once(give_up)
                     except _Transient as exc:
                         last = exc
                         raise
@@ -322,40 +317,54 @@ class Client:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        from sync.server.families import auth_headers
-
-        headers = auth_headers(self.family, self.token, self.source)
+        """The credential (the family's own way, else the configured `auth_header`) and
+        `extra`."""
+        headers: dict[str, str] = {}
+        if self.token:
+            own = getattr(self.family, "auth", None)
+            if own is not None:
+                headers = own(self.token, self.source)
+            elif self.source.auth_header == "Authorization":
+                headers = {"Authorization": f"Bearer {self.token}"}
+            else:
+                headers = {"mj-api-secret": self.token}
         if extra:
             headers.update(extra)
         return headers
 
-    def _once(
-        self, method: str, url: str, body: Any, params: dict[str, Any] | None, give_up: float
-    ) -> tuple[Any, bytes]:
+    def _open(
+        self,
+        stack: contextlib.ExitStack,
+        method: str,
+        url: str,
+        where: str,
+        give_up: float,
+        content: bytes | None,
+        params: dict[str, Any] | None,
+        extra: dict[str, str] | None,
+    ) -> httpx.Response:
+        """Send one request (rate-limited, counted, under its deadline) and check its status;
+        the reply, still unread, is closed with `stack`."""
         self.limiter.wait()
         with self._count_lock:
             self.requests += 1
         left = max(0.001, min(self.source.timeout_s, give_up - time.monotonic()))
         self.deadline.at = time.monotonic() + left
-        where = f"source {self.source.name}: {method} {url}"
-        extra = {"Content-Type": "application/json"} if body is not None else None
         try:
-            with self.http.stream(
-                method,
-                url,
-                content=None if body is None else orjson.dumps(body),
-                params=params,
-                headers=self._headers(extra),
-                timeout=httpx.Timeout(left, connect=min(10.0, left)),
-            ) as resp:
-                status, content = self._check_status(resp, where), b""
-                if status == 200:
-                    content = read_capped(resp, self.max_bytes, self.deadline)
+            resp = stack.enter_context(
+                self.http.stream(
+                    method,
+                    url,
+                    content=content,
+                    params=params,
+                    headers=self._headers(extra),
+                    timeout=httpx.Timeout(left, connect=min(10.0, left)),
+                )
+            )
+            self._check_status(resp, where)
         except (httpx.HTTPError, OSError, TooLarge, BadEncoding) as exc:
             raise self._failure(exc, where) from None
-        finally:
-            self.deadline.at = None
-        return self._parse(content, resp, where)
+        return resp
 
     def _failure(self, exc: Exception, where: str) -> Exception:
         """A transport-level failure as a tasksync error (transient ones retried)."""
@@ -377,45 +386,6 @@ class Client:
         if isinstance(exc, BadEncoding):
             return _Transient(f"{where}: {self.say(exc)}", BadResponse)
         return _Transient(f"{where}: server unreachable ({self.say(exc, 200)})", ServerUnreachable)
-
-    @contextlib.contextmanager
-    def stream(self, path: str) -> Iterator[Iterator[bytes]]:
-        """A GET whose reply is read as it comes (a whole task list): the decoded bytes in
-        chunks. Opening it is retried like any request; each chunk must come within
-        `timeout_s` (the reply as a whole may take longer), and the family bounds what it
-        holds (each task object within max_response_mb)."""
-        url = self.base + path
-        where = f"source {self.source.name}: GET {url}"
-        src = self.source
-        for attempt in stamina.retry_context(
-            on=lambda exc: isinstance(exc, _Transient),
-            attempts=src.retry_attempts,
-            timeout=src.retry_budget_s,
-            wait_initial=self.wait_initial,
-            wait_max=self.wait_max,
-        ):
-            with attempt:
-                if attempt.num > 1:
-                    with self._count_lock:
-                        self.retries += 1
-                self.limiter.wait()
-                with self._count_lock:
-                    self.requests += 1
-                self.deadline.at = time.monotonic() + src.timeout_s
-                try:
-                    with self.http.stream("GET", url, headers=self._headers()) as resp:
-                        self._check_status(resp, where)
-                        yield iter_decoded(resp, self.deadline, src.timeout_s)
-                        return
-                except _Transient:
-                    raise
-                except (httpx.HTTPError, OSError, BadEncoding) as exc:
-                    failure = self._failure(exc, where)
-                    if isinstance(failure, _Transient):
-                        raise failure.final(str(failure)) from None
-                    raise failure from None
-                finally:
-                    self.deadline.at = None
 
     def _check_status(self, resp: httpx.Response, where: str) -> int:
         """Raise for anything but 200; the reply's body is read only for a 200 (and a short
@@ -469,188 +439,36 @@ class Client:
         return data, content
 
 
-def loads(content: bytes) -> Any:
-    """Parse a JSON reply: orjson, or for what it refuses but JSON allows (a number beyond a
-    double, such as 1e400) the standard library, so one odd value never sinks a page."""
-    try:
-        return orjson.loads(content)
-    except orjson.JSONDecodeError:
-        try:
-            return json.loads(content)
-        except RecursionError:
-            raise ValueError("nested too deeply") from None
+def connect(
+    src: SourceSettings,
+    *,
+    token: str | None = None,
+    transport: httpx.BaseTransport | None = None,
+    wait_initial: float = 0.5,
+    wait_max: float = 30.0,
+) -> Client:
+    """The client of a configured source, handed its family's adapter from the registry
+    (none yet for `api = "auto"`: probing finds it) and its token, read and checked now
+    unless given: how the command line, the daemon, the demo and the tests open one. (The
+    fetch process reopens its parent's.) `transport`, `wait_initial`, `wait_max`: for tests."""
+    return Client(
+        src,
+        token=src.token() if token is None else token,
+        transport=transport,
+        wait_initial=wait_initial,
+        wait_max=wait_max,
+        family=named(src.api),
+    )
 
 
-MAX_COUNT = 2**53  # a page number or total beyond this is not a real count: unknown
-
-
-def connect(src: SourceSettings) -> Client:
-    """The client of a configured source, its token read and checked now: how the command
-    line, the daemon and the demo open one. (The fetch process reopens its parent's.)"""
-    return Client(src, token=src.token())
-
-
-def count(value: Any) -> int | None:
-    """A count from the server, or None when it is missing, not an integer or out of range."""
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT:
-        return value
-    return None
-
-
-# ---- links taken from tasks (images) ----------------------------------------------------------
-REDIRECTS = {301, 302, 303, 307, 308}
-RETRY_LATER = {408, 425, 429, 500, 502, 503, 504}
-
-
-class ImageFailure(Exception):
-    """A download that produced no file: why (one line), whether a later try may help, and how
-    long the host asked to wait (Retry-After)."""
-
-    def __init__(self, reason: str, *, retry: bool, after: float | None = None) -> None:
-        super().__init__(reason)
-        self.retry = retry
-        self.after = after
-
-
-@dataclass
-class Download:
-    url: str  # where the bytes came from, after redirects
-    content_type: str  # as declared, without parameters
-    size: int
-
-
-class ImageClient:
-    """The HTTP client for links found in tasks, which are untrusted input: http(s) only,
-    public addresses only (`[images] allow_hosts` exempts hosts), checked at the socket for
-    the first request and each redirect; at most `max_redirects` of those; a byte cap and a
-    deadline on each download; no token or other credential is ever sent; its own rate limit,
-    apart from the API's."""
-
-    def __init__(
-        self, settings: ImagesSettings, *, transport: httpx.BaseTransport | None = None
-    ) -> None:
-        from sync.server.transport import public_only
-
-        self.deadline = Deadline()
-        limits = httpx.Limits(max_connections=settings.concurrency * 2)
-        self.http = httpx.Client(
-            headers={
-                "User-Agent": "tasksync",
-                "Accept": "image/*, video/*;q=0.9",
-                "Accept-Encoding": "identity",  # images are compressed already
-            },
-            timeout=httpx.Timeout(settings.timeout_s, connect=min(10.0, settings.timeout_s)),
-            transport=transport
-            or DeadlineTransport(
-                self.deadline,
-                verify=True,
-                limits=limits,
-                policy=public_only(settings.allow_hosts),
-            ),
-            follow_redirects=False,
-            trust_env=False,  # no proxy settings, no .netrc credentials
-        )
-        self.limiter = RateLimiter(settings.max_requests_per_second)
-        self.max_bytes = int(settings.max_mb * 1024 * 1024)
-        self.max_redirects = settings.max_redirects
-        self.timeout_s = settings.timeout_s
-
-    def close(self) -> None:
-        self.http.close()
-
-    def __enter__(self) -> ImageClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def download(self, url: str, sink: Any) -> Download:
-        """Stream the file at `url` into `sink` (a binary file); ImageFailure otherwise."""
-        current = url
-        # One deadline for the whole download: name lookups, redirects and every read.
-        deadline = time.monotonic() + self.timeout_s
-        for _hop in range(self.max_redirects + 1):
-            check_link(current)
-            self.limiter.wait()
-            self.deadline.at = deadline
-            try:
-                with self.http.stream("GET", current) as resp:
-                    if resp.status_code in REDIRECTS:
-                        where = resp.headers.get("location")
-                        if not where:
-                            raise ImageFailure("a redirect without a Location", retry=False)
-                        current = urljoin(current, where)
-                        continue
-                    return self._body(resp, current, sink)
-            except AddressRefused as exc:
-                raise ImageFailure(f"refused: {exc}", retry=False) from None
-            except (httpx.InvalidURL, UnicodeError) as exc:  # e.g. a host name IDNA refuses
-                raise ImageFailure(f"not a valid link: {_first_line(exc)}", retry=False) from None
-            except httpx.TimeoutException:
-                raise ImageFailure(
-                    f"no complete reply within {self.timeout_s:g} s", retry=True
-                ) from None
-            except httpx.RemoteProtocolError as exc:
-                raise ImageFailure(
-                    f"the connection broke off: {_first_line(exc)}", retry=True
-                ) from None
-            except httpx.HTTPError as exc:
-                raise ImageFailure(
-                    f"{type(exc).__name__}: {_first_line(exc)}", retry=True
-                ) from None
-            finally:
-                self.deadline.at = None
-        raise ImageFailure(f"more than {self.max_redirects} redirects", retry=False)
-
-    def _body(self, resp: httpx.Response, url: str, sink: Any) -> Download:
-        status = resp.status_code
-        if status != 200:
-            after = parse_retry_after(resp.headers.get("retry-after"))
-            raise ImageFailure(f"HTTP {status}", retry=status in RETRY_LATER, after=after)
-        encoding = resp.headers.get("content-encoding", "identity").strip().lower()
-        if encoding not in ("", "identity"):
-            raise ImageFailure(f"a compressed reply ({encoding}) instead of a file", retry=False)
-        ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
-        declared = resp.headers.get("content-length", "")
-        expected = int(declared) if declared.isascii() and declared.isdigit() else None
-        if expected is not None and expected > self.max_bytes:
-            raise ImageFailure(f"{expected} bytes announced, over max_mb", retry=False)
-        size = 0
-        try:
-            for chunk in resp.iter_raw(CHUNK):
-                size += len(chunk)
-                if size > self.max_bytes:
-                    raise ImageFailure(
-                        f"more than {self.max_bytes} bytes, over max_mb", retry=False
-                    )
-                sink.write(chunk)
-                if self.deadline.at is not None and time.monotonic() > self.deadline.at:
-                    raise ImageFailure(f"no complete reply within {self.timeout_s:g} s", retry=True)
-        except httpx.RemoteProtocolError:
-            raise ImageFailure(
-                f"truncated: {size} of {expected if expected is not None else '?'} bytes, "
-                "the connection broke off",
-                retry=True,
-            ) from None
-        if expected is not None and size != expected:
-            raise ImageFailure(f"truncated: {size} of {expected} bytes", retry=True)
-        return Download(url, ctype, size)
-
-
-def check_link(url: str) -> None:
-    """A link a task gave: http or https, a host, no credentials in it."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-    except ValueError:
-        raise ImageFailure("not a valid link", retry=False) from None
-    if parts.scheme not in ("http", "https"):
-        raise ImageFailure(f"not an http(s) link ({parts.scheme or 'no'} scheme)", retry=False)
-    if not host:
-        raise ImageFailure("a link without a host", retry=False)
-    if parts.username is not None or parts.password is not None:
-        raise ImageFailure("a link with credentials in it", retry=False)
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [""])[0][:200]
+def connect_quick(src: SourceSettings) -> Client:
+    """A client for one quick, read-only look at a server (`config check`'s probes, the lag
+    `status` shows): each request gets one attempt and at most QUICK_S seconds."""
+    quick = src.model_copy(
+        update={
+            "timeout_s": min(src.timeout_s, QUICK_S),
+            "retry_attempts": 1,
+            "retry_budget_s": min(src.retry_budget_s, QUICK_S),
+        }
+    )
+    return connect(quick)

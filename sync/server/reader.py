@@ -47,8 +47,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 import stamina.instrumentation
 
 from sync.errors import TasksyncError
-from sync.server.client import Client, ServerPage, loads
-from sync.server.families import named, tasks_of
+from sync.server.client import Client
+from sync.server.families.adapters import named
+from sync.server.families.base import tasks_of
+from sync.server.pages import ServerPage, loads
 from sync.tasks.batch import Binder, Prepared, prepare
 
 if TYPE_CHECKING:

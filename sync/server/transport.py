@@ -1,4 +1,5 @@
-"""Bounded HTTP underneath the client: a deadline on the whole request, a byte cap on the reply.
+"""Bounded HTTP underneath both clients (the task client, `sync.server.client`, and the image
+client, `sync.images.client`): a deadline on the whole request, a byte cap on the reply.
 
 httpx's `timeout` bounds each socket read, so a server that sends one byte a second keeps a
 request alive forever, and a 300 KB gzip body can inflate to 300 MB in memory. Here:
@@ -12,12 +13,16 @@ request alive forever, and a 300 KB gzip body can inflate to 300 MB in memory. H
   checked, for the first request and for every redirect, so neither a redirect nor a DNS
   answer that changes between check and use reaches a private address.
 
-Only `sync.client` uses this module; neither knows anything about databases.
+Also the mechanics both clients share: a rate limiter and the reading of Retry-After. Each
+client brings its own policy (credentials, which addresses, retries); this module has none,
+and knows nothing of task servers, families or databases.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import email.utils
+import inspect
 import ipaddress
 import socket
 import ssl
@@ -25,6 +30,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpcore
@@ -193,28 +199,93 @@ class _Backend(httpcore.NetworkBackend):
 
 
 class DeadlineTransport(httpx.HTTPTransport):
-    """httpx's own transport, over a connection pool whose sockets honour `deadline`.
+    """httpx's own transport, over a connection pool whose sockets honour `deadline` (and,
+    with `policy`, connect only where it allows).
 
-    It connects directly: proxy settings from the environment are not used."""
+    `options` are httpx.HTTPTransport's own (verify, limits, http2, local_address ...), checked
+    by httpx. httpx offers no way to hand a network backend to the pool it builds, so the pool
+    is built again with one, from the same options; an option that cannot be carried over
+    (a proxy, whose own connection would bypass the deadline and the address policy) is
+    refused with a ValueError instead of being dropped. It connects directly: proxy settings
+    from the environment are not used."""
 
-    def __init__(
-        self,
-        deadline: Deadline,
-        *,
-        verify: ssl.SSLContext | bool,
-        limits: httpx.Limits,
-        policy: Policy | None = None,
-    ) -> None:
-        super().__init__(verify=verify, limits=limits)
-        # httpx offers no way to pass a network backend to the pool it builds, so the pool is
-        # built again with one (the same arguments httpx uses, plus the backend).
+    def __init__(self, deadline: Deadline, *, policy: Policy | None = None, **options: Any) -> None:
+        super().__init__(**options)  # httpx checks the options' names and values
+        given = _TRANSPORT_OPTIONS.bind(**options)
+        for name, value in given.arguments.items():
+            if name not in _CARRIED and value != _TRANSPORT_OPTIONS.parameters[name].default:
+                raise ValueError(f"DeadlineTransport: {name!r} is not supported")
+        if policy is not None and given.arguments.get("uds") is not None:
+            raise ValueError("DeadlineTransport: 'uds' would bypass the address policy")
+        given.apply_defaults()
+        o = given.arguments
+        limits: httpx.Limits = o["limits"]
         self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(verify=verify),
+            ssl_context=httpx.create_ssl_context(
+                verify=o["verify"], cert=o["cert"], trust_env=o["trust_env"]
+            ),
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
+            http1=o["http1"],
+            http2=o["http2"],
+            uds=o["uds"],
+            local_address=o["local_address"],
+            retries=o["retries"],
+            socket_options=o["socket_options"],
             network_backend=_Backend(deadline, policy),
         )
+
+
+# httpx.HTTPTransport's options, and those the rebuilt pool carries over (all but `proxy`).
+_TRANSPORT_OPTIONS = inspect.signature(httpx.HTTPTransport.__init__).replace(
+    parameters=list(inspect.signature(httpx.HTTPTransport.__init__).parameters.values())[1:]
+)
+_CARRIED = {
+    "verify",
+    "cert",
+    "trust_env",
+    "http1",
+    "http2",
+    "limits",
+    "uds",
+    "local_address",
+    "retries",
+    "socket_options",
+}
+
+
+class RateLimiter:
+    """At most `rate` request starts per second, shared by every thread of a source."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self.interval
+        if start > now:
+            time.sleep(start - now)
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 class _Decoder:

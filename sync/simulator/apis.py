@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from sync.server.families import FAMILIES
 from sync.simulator.server import Reply
 
 if TYPE_CHECKING:
@@ -315,4 +316,7 @@ class IdsOnly(Api):
         return None
 
 
-APIS: dict[str, type[Api]] = {a.name: a for a in (Api, TrueAI, NoviceZK, NewAPI, IdsOnly)}
+_PLAYED: dict[str, type[Api]] = {a.name: a for a in (Api, TrueAI, NoviceZK, NewAPI, IdsOnly)}
+# Every family tasksync reads (the one list of names), in its order; a name the simulator
+# cannot play fails here, at import.
+APIS: dict[str, type[Api]] = {name: _PLAYED[name] for name in FAMILIES}

@@ -14,6 +14,8 @@ from sync.archive.models import SyncRun, Task, unfinished
 from sync.archive.store import Store
 from sync.config import SourceSettings
 from sync.errors import TasksyncError
+from sync.server.client import connect_quick
+from sync.server.families.probing import resolve
 from sync.tasks.records import SHAPES, epoch_ms, to_utc
 
 KINDS = ("backfill", "sync", "sweep")
@@ -106,16 +108,13 @@ def gather(store: Store, names: list[str] | None) -> list[SourceStatus]:
     return out
 
 
-def ask_server(store: Store, src: SourceSettings, now: datetime) -> tuple[datetime | None, str]:
+def ask_server(store: Store, src: SourceSettings) -> tuple[datetime | None, str]:
     """The submit time of the newest task the server lists (one request, 5 s at most), or
     None and why not."""
-    from sync.jobs import pipeline
-    from sync.server.client import connect
-
-    quick = src.model_copy(update={"timeout_s": 5.0, "retry_budget_s": 5.0})
     try:
-        with connect(quick) as client:
-            family = pipeline.family_of(store, client, quick, now, remember=False)
+        with connect_quick(src) as client:
+            # As configured or remembered, else probed now (and not remembered: status only reads).
+            family, _evidence = resolve(client, store.remembered_api(src.name))
             if not family.guarantees.paged:
                 why = "has no list" if family.name == "ids" else "lists every task at once"
                 return None, f"{family.name} {why}; not asked"

@@ -6,7 +6,7 @@ has, with the same change detection and events; nothing is ever marked gone."""
 
 from __future__ import annotations
 
-from sync.server.families import Family, Guarantees
+from sync.server.families.base import Family, Guarantees
 
 NO_LIST = (
     "this server has no task list (a relay: only list-by-condition); give tasksync the ids to "

@@ -17,11 +17,12 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from sync.errors import BadResponse, ConfigError, printable
-from sync.server.families import Family, Guarantees
+from sync.server.families.base import Family, Guarantees
+from sync.server.pages import ServerPage, count
 
 if TYPE_CHECKING:
     from sync.config import SourceSettings
-    from sync.server.client import Client, ServerPage
+    from sync.server.client import Client
 
 
 class NewAPI(Family):
@@ -75,8 +76,6 @@ class NewAPI(Family):
         return replace(page, body=raw) if keep_body else page
 
     def _parse(self, data: Any, number: int, size: int, where: str) -> ServerPage:
-        from sync.server.client import ServerPage, count
-
         inner = data.get("data") if isinstance(data, dict) else None
         if isinstance(inner, dict) and isinstance(inner.get("items"), list):
             items: list[Any] = inner["items"]

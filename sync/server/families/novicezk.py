@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import ijson
 
 from sync.errors import BadResponse, printable
-from sync.server.families import Family, Guarantees
+from sync.server.families.base import Family, Guarantees
 
 if TYPE_CHECKING:
     from sync.server.client import Client

@@ -6,10 +6,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sync.errors import BadResponse, printable
-from sync.server.families import Family, Guarantees
+from sync.server.families.base import Family, Guarantees
+from sync.server.pages import ServerPage, count
 
 if TYPE_CHECKING:
-    from sync.server.client import Client, ServerPage
+    from sync.server.client import Client
 
 QUERY_PATH = "/mj/task/query"
 
@@ -35,8 +36,6 @@ class Plus(Family):
 
 def parse_page(data: Any, number: int, size: int, where: str) -> ServerPage:
     """A Spring `Page` in the classic flat shape or the nested `{content, page{...}}` shape."""
-    from sync.server.client import ServerPage, count
-
     if not isinstance(data, dict) or not isinstance(data.get("content"), list):
         got = (
             type(data).__name__

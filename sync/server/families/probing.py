@@ -26,7 +26,8 @@ from sync.errors import (
     ServerUnreachable,
     TasksyncError,
 )
-from sync.server.families import Family, named
+from sync.server.families.adapters import named
+from sync.server.families.base import Family
 
 if TYPE_CHECKING:
     from sync.server.client import Client
@@ -124,3 +125,20 @@ def probe(client: Client) -> tuple[Family, str]:
         f"source {name}: {client.base} is not a Midjourney-proxy server tasksync knows "
         f"(plus, trueai, novicezk, newapi, or a relay): {first}"
     )
+
+
+def detect(client: Client) -> tuple[Family, str]:
+    """The family this server is (see `probe`), found read-only, and what showed it."""
+    return probe(client)
+
+
+def resolve(client: Client, remembered: str | None) -> tuple[Family, str | None]:
+    """The source's family, handed to the client: as configured (the client has it
+    already), else as remembered from an earlier probe, else found now by probing. The
+    evidence comes back only when it was probed now (for the caller to remember)."""
+    evidence = None
+    if client.family is None:
+        client.family = named(remembered) if remembered else None
+    if client.family is None:
+        client.family, evidence = detect(client)
+    return client.family, evidence

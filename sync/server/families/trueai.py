@@ -14,11 +14,12 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from sync.errors import BadResponse, ServerRefused, printable
-from sync.server.families import Family, Guarantees
+from sync.server.families.base import Family, Guarantees
+from sync.server.pages import ServerPage, count
 
 if TYPE_CHECKING:
     from sync.config import SourceSettings
-    from sync.server.client import Client, ServerPage
+    from sync.server.client import Client
 
 ADMIN_TASKS = "/mj/admin/tasks"
 DEMO_SIZE, DEMO_PAGES = 10, 10
@@ -75,8 +76,6 @@ class TrueAI(Family):
 
 def parse_admin_page(data: Any, number: int, size: int, where: str) -> ServerPage:
     """`{"list": [...], "pagination": {"current", "pageSize", "total", "pageCount"}}`."""
-    from sync.server.client import ServerPage, count
-
     pagination = data.get("pagination") if isinstance(data, dict) else None
     if not isinstance(pagination, dict) or not isinstance(data.get("list"), list):
         got = type(data).__name__ if not isinstance(data, dict) else printable(sorted(data)[:6])
