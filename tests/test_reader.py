@@ -313,3 +313,21 @@ def test_sigterm_mid_walk_stops_the_fetch_process_too(sqlite_url: str, tmp_path:
     # when the signal came, plus the head pass.
     assert sim.query_requests <= 200 + 3 + 2, (sim.query_requests, before)
     store.dispose()
+
+
+def test_fetch_process_reads_with_the_walks_settings(
+    sqlite_store: Store,
+    serve: Callable[[Simulator], SimulatorServer],
+    early_process: None,
+    info_logs: pytest.LogCaptureFixture,
+) -> None:
+    """The settings a walk is given reach the fetch process whole, from the same place the
+    thread reads them: a page size other than the client's own is the one every page has."""
+    sim = Simulator(3_000, seed=31)
+    url = serve(sim).url
+    src = source_for(url, page_size=50, max_requests_per_second=20)
+    with connect(source_for(url, page_size=100, max_requests_per_second=20)) as client:
+        report = pipeline.backfill(sqlite_store, client, src, fetch_process=True)
+    assert report.outcome == "ok" and _used_process(info_logs)
+    assert report.pages == 60 and sim.page_log == list(range(60))
+    assert_archive_equals_truth(sqlite_store, sim)

@@ -137,12 +137,12 @@ class Client:
 
     @property
     def spawn_args(self) -> tuple[Any, ...] | None:
-        """What a fetch process needs to open the same client: plain settings and the family
-        with what it learned (none with a custom transport, which cannot cross a process
-        boundary)."""
+        """What a fetch process needs, besides the walk's settings, to open the same client:
+        the token, the waits, and the family with what it learned (none with a custom
+        transport, which cannot cross a process boundary)."""
         if self._reopen is None or self.family is None:
             return None
-        return (self.source.model_dump(), *self._reopen, self.family.name, self.family.state())
+        return (*self._reopen, self.family.name, self.family.state())
 
     @property
     def shape(self) -> Shape:

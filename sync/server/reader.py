@@ -170,9 +170,12 @@ class ThreadReader:
 
 
 class _Setup(NamedTuple):
-    """Everything the child needs, sent once: how to open its client (plain settings, since
-    it has no pydantic), how to bind rows, whether to bind them itself, and whom to watch."""
+    """Everything the child needs, sent once: the walk's source settings (plain values, since
+    it has no pydantic: its client's and its page size, from the same `src` the parent walks
+    with), how to reopen the client, how to bind rows, whether to bind them itself, and whom
+    to watch."""
 
+    source: dict[str, Any]
     client: tuple[Any, ...]
     binder: Binder
     bind_here: bool
@@ -204,6 +207,7 @@ class ProcessReader:
     def __init__(
         self,
         client: Client,
+        src: SourceSettings,
         binder: Binder,
         build_rows: Callable[[], bool],
         prepare: Callable[[ServerPage], Prepared],
@@ -233,7 +237,8 @@ class ProcessReader:
         theirs.close()
         self.conn = Connection(mine.detach())
         try:
-            self.conn.send(_Setup(client.spawn_args, binder, bind_here, os.getpid()))
+            setup = _Setup(src.model_dump(), client.spawn_args, binder, bind_here, os.getpid())
+            self.conn.send(setup)
         except OSError:  # the child is already gone
             self.close()
             raise
@@ -305,7 +310,10 @@ class ProcessReader:
 class PageReader:
     """The page source of one walk: read-ahead on a thread, moving a long walk to a fetch
     process as soon as that is up, when `process` allows it and the client can be reopened
-    there (a client with a custom transport, as in tests, cannot)."""
+    there (a client with a custom transport, as in tests, cannot).
+
+    `src` is what the walk reads, in one place: the thread asks for its page size, and the
+    fetch process gets the whole of it (its client's settings and its page size alike)."""
 
     def __init__(
         self,
@@ -339,6 +347,7 @@ class PageReader:
             # child binds them (the README's performance section has the figures).
             self.spawn = lambda: ProcessReader(
                 client,
+                src,
                 binder,
                 self.hint.build_rows,
                 prepare_page,
@@ -405,10 +414,10 @@ def _worker(conn: Connection) -> None:
     logging.getLogger().addHandler(logging.NullHandler())
     stamina.instrumentation.set_on_retry_hooks([])
     threading.Thread(target=_watch_parent, args=(setup.parent,), daemon=True).start()
-    settings, token, wait_initial, wait_max, family, learned = setup.client
-    # The source's settings as plain attributes: validated in the parent already, and pydantic
+    token, wait_initial, wait_max, family, learned = setup.client
+    # The walk's settings as plain attributes: validated in the parent already, and pydantic
     # would cost this process a fifth of its memory.
-    src = cast("SourceSettings", SimpleNamespace(**settings))
+    src = cast("SourceSettings", SimpleNamespace(**setup.source))
     client = Client(
         src, token=token, wait_initial=wait_initial, wait_max=wait_max, family=named(family)
     )
