@@ -4,55 +4,29 @@ Precedence is flag > environment > config file > default. Validation errors name
 the key and never echo a value that could be a secret; secrets are only ever read from
 `token_env` / `token_file`, checked to be one printable line when the config loads, and never
 printed.
+
+Typed settings only: what a value means is checked where it is used, through leaves that load
+nothing heavy (schedule expressions: `sync.jobs.crontab`; database URLs: `sync.archive.urls`;
+the files settings name: `sync.files`). Nothing here connects to a server or a database.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import stat
 import tomllib
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from sync.archive.urls import check_database_url, redacted_url
 from sync.errors import ConfigError
+from sync.files import read_small_file
+from sync.jobs.crontab import check_cron, check_interval, check_timezone
 from sync.server.families import FAMILIES
 
 DEFAULT_CONFIG = Path("tasksync.toml")
-INTERVAL_RE = re.compile(r"^(\d+)\s*(s|m|h)$")
-# Dialects and the drivers tasksync installs and is tested with.
-DRIVERS = {
-    "sqlite": {"pysqlite"},
-    "postgresql": {"psycopg"},
-    "mysql": {"pymysql"},
-    "mariadb": {"pymysql"},
-}
-# Query-string keys of a database URL that carry a secret (hidden like the password).
-SECRET_URL_KEYS = {"password", "passwd", "sslpassword", "sslkey_password"}
-
-
-def read_small_file(path: Path, limit: int, what: str) -> str:
-    """A regular file's UTF-8 text, at most `limit` bytes. Anything else (a folder, a FIFO,
-    /dev/zero) is refused at once instead of blocking or filling memory."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO does not block the open
-    except OSError as exc:
-        raise ConfigError(f"{what}: cannot read it: {exc.strerror}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise ConfigError(f"{what}: not a regular file")
-    with os.fdopen(fd, "rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise ConfigError(f"{what}: larger than {limit:,} bytes")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{what} is not UTF-8 text") from None
 
 
 def _int(default: int, **bounds: Any) -> Any:
@@ -67,31 +41,6 @@ def _float(default: float | None, **bounds: Any) -> Any:
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def check_database_url(v: str) -> str:
-    """A SQLAlchemy URL of a dialect and driver tasksync supports."""
-    # Imported here: the fetch process loads this module and has no use for SQLAlchemy.
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        url = make_url(v)
-    except ArgumentError:
-        raise ValueError("not a database URL (e.g. sqlite:///tasksync.db)") from None
-    backend, _, driver = url.drivername.partition("+")
-    if backend not in DRIVERS or (driver and driver not in DRIVERS[backend]):
-        supported = "sqlite, postgresql (psycopg), mysql or mariadb (pymysql)"
-        raise ValueError(f"unsupported database {url.drivername!r}; tasksync supports {supported}")
-    if url.host and "@" in url.host:
-        raise ValueError("an '@' in the user name or password must be written %40")
-    if backend != "sqlite" and not url.database:
-        raise ValueError(f"the URL names no database ({backend}://USER@HOST/DATABASE)")
-    if backend == "sqlite" and url.query:
-        raise ValueError("a SQLite URL takes no ?options")
-    if backend == "sqlite" and url.database in (None, "", ":memory:"):
-        raise ValueError("an in-memory SQLite database keeps nothing: name a file (sqlite:///F)")
-    return v
 
 
 class DatabaseSettings(_Strict):
@@ -236,84 +185,6 @@ class SourceSettings(_Strict):
             self.token()
 
 
-def check_timezone(v: str) -> str:
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-    try:
-        ZoneInfo(v)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {v!r}") from None
-    return v
-
-
-DAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
-_DOW_NAMES = {d: i for i, d in enumerate(DAYS)}
-
-
-def _dow_number(text: str) -> int:
-    if text.isascii() and text.isdigit() and int(text) <= 7:
-        return int(text) % 7
-    if text.lower() in _DOW_NAMES:
-        return _DOW_NAMES[text.lower()]
-    raise ValueError(f"bad day of week {text!r} (0-7 or sun-sat)")
-
-
-def _dow_field(dow: str) -> str:
-    """Crontab's day-of-week field as APScheduler 3 names. Numbers follow crontab (0 or 7 =
-    Sunday, 1 = Monday), not APScheduler's own (0 = Monday), so every element is expanded to
-    day names: `1-5` is mon..fri, `0-6` every day, `*/2` sun,tue,thu,sat."""
-    if dow == "*":
-        return dow
-    days: set[int] = set()
-    for part in dow.split(","):
-        rng, _, step_text = part.partition("/")
-        if step_text and not (step_text.isascii() and step_text.isdigit() and int(step_text) > 0):
-            raise ValueError(f"bad step in day of week {part!r}")
-        step = int(step_text) if step_text else 1
-        if rng == "*":
-            lo, hi = 0, 6
-        elif "-" in rng:
-            a, _, b = rng.partition("-")
-            lo, hi = _dow_number(a), _dow_number(b)
-            if b.strip() == "7":
-                hi = 7  # 5-7: Friday to Sunday
-            if hi < lo:
-                raise ValueError(f"day-of-week range {rng!r} runs backwards")
-        else:
-            lo = _dow_number(rng)
-            hi = 6 if step_text else lo
-        days.update(d % 7 for d in range(lo, hi + 1, step))
-    return ",".join(DAYS[d] for d in sorted(days))
-
-
-def cron_fields(cron: str) -> dict[str, str]:
-    """The five crontab fields as APScheduler CronTrigger arguments."""
-    fields = cron.split()
-    if len(fields) != 5:
-        raise ValueError(f"expected 5 fields (minute hour day month weekday), got {len(fields)}")
-    minute, hour, day, month, dow = fields
-    return {
-        "minute": minute,
-        "hour": hour,
-        "day": day,
-        "month": month,
-        "day_of_week": _dow_field(dow),
-    }
-
-
-def check_cron(v: str) -> str:
-    """A crontab expression APScheduler accepts (checked by building its trigger)."""
-    from apscheduler.triggers.cron import CronTrigger
-
-    try:
-        trigger = CronTrigger(**cron_fields(v), timezone="UTC")
-    except ValueError as exc:
-        raise ValueError(f"bad cron expression {v!r}: {exc}") from None
-    if trigger.get_next_fire_time(None, datetime.now(UTC)) is None:
-        raise ValueError(f"cron expression {v!r} never fires (a day no month has?)")
-    return v
-
-
 class ScheduleSettings(_Strict):
     sync: str = "*/2 * * * *"
     sweep: str = "17 3 * * *"
@@ -336,14 +207,7 @@ class ScheduleSettings(_Strict):
     @field_validator("every", "sweep_every", "images_every")
     @classmethod
     def _interval(cls, v: str | None) -> str | None:
-        if v is not None and (
-            not INTERVAL_RE.match(v) or not 0 < interval_seconds(v) <= MAX_INTERVAL_S
-        ):
-            raise ValueError("an interval like '30s', '5m' or '1h', at most 8784h (366 days)")
-        return v
-
-
-MAX_INTERVAL_S = 366 * 86_400  # further apart is no schedule (and overflows the calendar)
+        return None if v is None else check_interval(v)
 
 
 Role = Literal["image", "grid", "video", "thumbnail"]
@@ -434,14 +298,6 @@ class Settings(_Strict):
         raise ConfigError(f"unknown source {name!r} (configured: {known})")
 
 
-def interval_seconds(text: str) -> int:
-    """'30s' → 30, '5m' → 300, '1h' → 3600."""
-    m = INTERVAL_RE.match(text)
-    if not m:
-        raise ConfigError(f"bad interval {text!r}")
-    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2)]
-
-
 def _loc(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
@@ -505,17 +361,6 @@ def load(
         # Relative to the config file, not to wherever the daemon happens to start.
         images = images.model_copy(update={"dir": path.parent / images.dir})
     return settings.model_copy(update={"path": path, "images": images})
-
-
-def redacted_url(url: str) -> str:
-    """A database URL with its password (and any secret query parameter) replaced by ***."""
-    from sqlalchemy.engine import make_url
-
-    u = make_url(url)
-    hidden = {k: "***" for k in u.query if k.lower() in SECRET_URL_KEYS}
-    if hidden:
-        u = u.update_query_dict(hidden)
-    return u.render_as_string(hide_password=True)
 
 
 def effective_view(settings: Settings) -> dict[str, Any]:

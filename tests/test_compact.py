@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
-from sync.archive import schema
+from sync.archive import export, schema
 from sync.archive.store import Store
 from sync.jobs import pipeline
 from sync.server.client import connect
@@ -149,7 +149,7 @@ def test_hostile_values_come_back_exactly_from_every_database(store: Store) -> N
             objs.append((shape, obj))
     for shape, obj in objs:
         store.save(store.prepare("main", [obj], NOW, shape=shape), None)
-    by_id = {str(obj.get("mj_id", obj.get("id"))): obj for _src, obj in store.export("main")}
+    by_id = {str(obj.get("mj_id", obj.get("id"))): obj for _src, obj in export.tasks(store, "main")}
     rejected = 0
     for shape, obj in objs:
         fp = fingerprint(obj, shape)

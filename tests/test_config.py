@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
-from sync.config import cron_fields, load, redacted_url
+from sync.archive.urls import redacted_url
+from sync.config import load
 from sync.errors import ConfigError
+from sync.jobs.crontab import cron_fields
 
 SOURCE = '[[sources]]\nname = "main"\nbase_url = "http://mj.example.com"\n'
 

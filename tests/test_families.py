@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from sync.archive import sources
 from sync.archive.models import Task, TaskEvent
 from sync.archive.store import Store
 from sync.errors import AuthRefused, BadResponse, ConfigError, ServerRefused
@@ -454,7 +455,7 @@ def test_auto_family_is_remembered_and_probed_again_when_it_stops_fitting(
     src = family_source(serve(sim).url, "auto")
     with connect(src) as client:
         assert pipeline.backfill(sqlite_store, client, src).api == "trueai"
-    assert sqlite_store.remembered_api("main") == "trueai"
+    assert sources.remembered(sqlite_store, "main") == "trueai"
     before = len(sim.paths)
     with connect(src) as client:
         pipeline.incremental(sqlite_store, client, src)
@@ -462,10 +463,10 @@ def test_auto_family_is_remembered_and_probed_again_when_it_stops_fitting(
     sim.api = APIS["plus"]()  # the server is replaced by a plus one
     with connect(src) as client, pytest.raises((BadResponse, Exception)):
         pipeline.incremental(sqlite_store, client, src)
-    assert sqlite_store.remembered_api("main") is None
+    assert sources.remembered(sqlite_store, "main") is None
     with connect(src) as client:
         again = pipeline.incremental(sqlite_store, client, src)
-    assert again.api == "plus" and sqlite_store.remembered_api("main") == "plus"
+    assert again.api == "plus" and sources.remembered(sqlite_store, "main") == "plus"
 
 
 def test_config_check_and_the_run_line_name_the_family(

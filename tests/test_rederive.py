@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import update
 
-from sync.archive import schema
+from sync.archive import export, schema
 from sync.archive.models import Task, TaskEvent
 from sync.archive.store import Store
 from sync.tasks.records import NEWAPI
@@ -59,13 +59,13 @@ def test_rederive_rewrites_only_rows_whose_columns_differ(store: Store) -> None:
     before = archive(store)
     _as_archived_before(store, "1")
     assert archive(store)["1"]["submit_time"].year == 1970
-    checked, updated = store.rederive()
+    checked, updated = export.rederive(store)
     assert (checked, updated) == (2, 1)
     after = archive(store)
     assert after == before
     assert after["1"]["submit_time"] == datetime(2026, 1, 1, tzinfo=UTC)
     assert (after["1"]["queue_ms"], after["1"]["run_ms"]) == (2000, 60000)
-    assert store.rederive() == (2, 0)
+    assert export.rederive(store) == (2, 0)
     assert count(store, TaskEvent) == 2
 
 
@@ -89,7 +89,7 @@ def test_rederive_reads_each_row_in_its_own_shape(store: Store) -> None:
     before = archive(store, "relay")["t1"]
     with store.engine.begin() as conn:
         conn.execute(update(Task).where(Task.id == "t1").values(queue_ms=None))
-    assert store.rederive() == (1, 1)
+    assert export.rederive(store) == (1, 1)
     got = archive(store, "relay")["t1"]
     assert got == before and got["queue_ms"] == 1500 and got["json"] == row
 

@@ -1,5 +1,6 @@
-"""Database connections: URL normalisation, an engine with each dialect's settings, the write
-transaction, one-line errors without passwords, and SQLite's background WAL checkpointer.
+"""Database connections: an engine with each dialect's settings (its URL normalised by
+`sync.archive.urls`), the write transaction, one-line errors without passwords, and SQLite's
+background WAL checkpointer.
 
 `Database` is what every part that talks to the archive holds (the store, the schema
 operations, the writer locks); it knows nothing of tasks.
@@ -13,18 +14,14 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import URL, make_url
 
-from sync.config import SECRET_URL_KEYS, redacted_url
-from sync.errors import ConfigError, DatabaseError, printable
-
-if TYPE_CHECKING:
-    from sync.archive.locks import WriterLock
+from sync.archive.urls import normalize_url, redacted_url, scrub
+from sync.errors import ConfigError, DatabaseError
 
 log = logging.getLogger("tasksync.store")
 
@@ -32,33 +29,15 @@ WAL_BACKSTOP_PAGES = 16384  # auto-checkpoint only if the background checkpointe
 WAL_SIZE_LIMIT = 64 << 20  # bytes the SQLite WAL file is cut back to after a checkpoint
 
 
-def normalize_url(url: str) -> URL:
-    """Pick our drivers for bare dialect names and make MySQL/MariaDB speak utf8mb4."""
-    try:
-        u = make_url(url)
-    except sa_exc.ArgumentError:
-        raise ConfigError(f"not a database URL: {url!r}") from None
-    if u.drivername == "postgresql":
-        u = u.set(drivername="postgresql+psycopg")
-    elif u.drivername in ("mysql", "mariadb"):
-        u = u.set(drivername=f"{u.drivername}+pymysql")
-    if u.get_backend_name() in ("mysql", "mariadb") and "charset" not in u.query:
-        u = u.update_query_dict({"charset": "utf8mb4"})
-    return u
-
-
 def _json_dumps(obj: Any) -> str:
     return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
-def scrub(text: str, url: URL) -> str:
-    """An error message with the database password removed, cut to its first line."""
-    line = (text.strip().splitlines() or [""])[0]
-    secrets = [str(url.password)] if url.password else []
-    secrets += [str(v) for k, v in url.query.items() if k.lower() in SECRET_URL_KEYS and v]
-    for secret in secrets:
-        line = line.replace(secret, "***")
-    return printable(line, 500)
+class Guard(Protocol):
+    """A writer lock a run holds on a source (`sync.archive.locks.WriterLock`)."""
+
+    def verify(self, conn: Connection) -> None:
+        """Raise unless the lock is still held, inside `conn`'s transaction."""
 
 
 class Database:
@@ -87,7 +66,7 @@ class Database:
             if self.dialect == "sqlite" and database and database != ":memory:"
             else None
         )
-        self.held: dict[str, WriterLock] = {}
+        self.held: dict[str, Guard] = {}  # sync.archive.locks fills it
 
     @property
     def display_url(self) -> str:

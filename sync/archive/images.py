@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, case, delete, func, insert, select, update
 
 from sync.archive.engine import Database
+from sync.archive.export import batches
 from sync.archive.models import ImageScan, Task, TaskImage
 from sync.tasks.records import JOINED
 
@@ -82,20 +83,10 @@ class ImageStore:
     ) -> Iterator[list[Any]]:
         """Rows (the columns `records.join` reads, and submit_time) of the source's tasks in
         one of `statuses` that changed at or after `since`, in keyset batches."""
-        cols = [Task.__table__.c[c] for c in dict.fromkeys([*JOINED, "submit_time"])]
-        after = ""
-        while True:
-            q = select(*cols).where(
-                Task.source == source, Task.status.in_(list(statuses)), Task.id > after
-            )
-            if since is not None:
-                q = q.where(Task.last_changed_at >= since)
-            with self.db.engine.connect() as conn:
-                rows = [r._mapping for r in conn.execute(q.order_by(Task.id).limit(batch))]
-            if not rows:
-                return
-            yield rows
-            after = rows[-1]["id"]
+        where: list[ColumnElement[bool]] = [Task.status.in_(list(statuses))]
+        if since is not None:
+            where.append(Task.last_changed_at >= since)
+        yield from batches(self.db, [*JOINED, "submit_time"], *where, source=source, size=batch)
 
     def add_links(self, source: str, links: Sequence[Link], now: datetime) -> tuple[int, int]:
         """New slots are added (pending); a slot whose link changed before it was fetched

@@ -21,8 +21,9 @@ from typing import Any
 from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy import exc as sa_exc
 
-from sync.archive.engine import Database, scrub
+from sync.archive.engine import Database
 from sync.archive.models import Lease
+from sync.archive.urls import scrub
 from sync.errors import DatabaseError, LockHeld
 
 log = logging.getLogger("tasksync.store")

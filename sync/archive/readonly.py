@@ -194,7 +194,7 @@ def _timed_out(timeout_s: float) -> DatabaseError:
 def run(url: str, sql: str, timeout_s: float) -> Iterator[Rows]:
     """Run one read-only statement on a connection of its own; yield its column names and
     an iterator over its rows (streamed). The connection is closed when the block ends."""
-    from sync.archive.engine import normalize_url
+    from sync.archive.urls import normalize_url
 
     u = normalize_url(url)
     dialect = u.get_backend_name()
@@ -262,8 +262,7 @@ def _server(url: Any, dialect: str, sql: str, timeout_s: float) -> Iterator[Rows
     from sqlalchemy import exc as sa_exc
     from sqlalchemy.pool import NullPool
 
-    from sync.archive.engine import scrub
-    from sync.config import redacted_url
+    from sync.archive.urls import redacted_url, scrub
 
     ms = max(1, int(timeout_s * 1000))
     if dialect == "postgresql":

@@ -80,8 +80,7 @@ def _name_given(revision: str) -> None:
 def require_sqlite_file(url: str) -> None:
     """A SQLite archive must exist before anything but `db upgrade` opens it (opening one
     creates it, empty); other databases are unaffected."""
-    from sync.archive.engine import normalize_url
-    from sync.config import redacted_url
+    from sync.archive.urls import normalize_url, redacted_url
 
     u = normalize_url(url)
     path = u.database

@@ -1,7 +1,10 @@
 """Saving tasks and what runs need from the archive: change-detecting bulk upserts with their
-events, the run ledger, backfill checkpoints, unfinished-task re-checks and the reads syncs
-and sweeps make. `Store` is a `Database` (sync.engine) with these operations; schema changes
-live in sync.schema, writer locks in sync.locks, read-only SQL in sync.readonly.
+events, the run ledger, backfill checkpoints, unfinished-task re-checks, gone marks and the
+reads syncs and sweeps make. `Store` is a `Database` (`engine`) with these operations.
+
+Elsewhere in the archive: schema changes (`schema`), writer locks (`locks`), export and
+re-derivation (`export`), the remembered families (`sources`), the image job's rows
+(`images`, reached as `Store.images`), read-only SQL (`readonly`).
 """
 
 from __future__ import annotations
@@ -14,36 +17,32 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, cast
 
-import orjson
-from sqlalchemy import Connection, Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, Table, delete, func, insert, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from sync.archive import locks
-from sync.archive.engine import Database, scrub
+from sync.archive.engine import Database
 from sync.archive.images import ImageStore
 from sync.archive.models import (
     Checkpoint,
     Recheck,
-    SourceApi,
     SyncRun,
     Task,
     TaskEvent,
     unfinished,
 )
 from sync.archive.runs import RunCounts, RunReport, SaveResult
+from sync.archive.urls import scrub
 from sync.errors import MassGoneRefused, printable
 from sync.tasks.batch import Binder, Built, Prepared, json_or_none, prepare
 from sync.tasks.records import (
     JOINED,
     MJ,
-    SHAPES,
     Fingerprint,
     Rejected,
     Shape,
-    build,
     changed_fields,
-    fingerprint,
     join,
 )
 
@@ -52,10 +51,6 @@ log = logging.getLogger("tasksync.store")
 TASK_COLUMNS = [c.name for c in Task.__table__.columns]
 UPDATE_COLUMNS = [c for c in TASK_COLUMNS if c not in ("source", "id", "first_seen_at")]
 EVENT_COLUMNS = [c.name for c in TaskEvent.__table__.columns if c.name != "id"]
-# Columns derived from a task's JSON (what `rederive` recomputes, `extra` included); the rest
-# are its identity, its content hash and what the archive observed.
-OBSERVED = ("source", "id", "content_hash", "first_seen_at", "last_seen_at")
-DERIVED = [c for c in TASK_COLUMNS if c not in (*OBSERVED, "last_changed_at", "gone_at")]
 SEEN_REFRESH = timedelta(hours=1)  # a sweep refreshes last_seen_at only when older than this
 RECHECK_FIRST_S = 60.0  # an unfinished task list-by-condition missed is asked again after 1 min,
 RECHECK_MAX_S = 6 * 3600.0  # then 2, 4, 8 ... minutes, at most every 6 hours until a sweep
@@ -438,104 +433,12 @@ class Store(Database):
             objects.update({row.id: join(row._mapping) for row in conn.execute(q)})
         return objects
 
-    def export(
-        self, source: str | None = None, since: datetime | None = None, batch: int = 1000
-    ) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Every archived task as (source, the server's object), in key order, streamed in
-        keyset batches; `since`: tasks observed changing at or after it."""
-        cols = [Task.__table__.c[c] for c in ("source", *JOINED)]
-        after = ("", "")
-        while True:
-            q = select(*cols).where(
-                (Task.source > after[0]) | ((Task.source == after[0]) & (Task.id > after[1]))
-            )
-            if source is not None:
-                q = q.where(Task.source == source)
-            if since is not None:
-                q = q.where(Task.last_changed_at >= since)
-            with self.engine.connect() as conn:
-                rows = conn.execute(q.order_by(Task.source, Task.id).limit(batch)).all()
-            if not rows:
-                return
-            for row in rows:
-                yield row.source, join(row._mapping)
-            after = (rows[-1].source, rows[-1].id)
-
-    def rederive(self, batch: int = 1000, progress: Any = None) -> tuple[int, int]:
-        """Recompute every task's derived columns from its server object (rebuilt from the
-        row) with today's rules and write the rows that differ: how a fix to column
-        derivation reaches tasks archived before it (their JSON, and so their content hash,
-        did not change). Keyset batches: bounded memory, safe to stop and run again.
-        Returns (rows checked, rows updated)."""
-        checked = updated = 0
-        after: tuple[str, str] = ("", "")
-        names = ["source", *dict.fromkeys([*JOINED, *DERIVED])]
-        cols = [Task.__table__.c[c] for c in names]
-        while True:
-            q = (
-                select(*cols)
-                .where(
-                    (Task.source > after[0]) | ((Task.source == after[0]) & (Task.id > after[1]))
-                )
-                .order_by(Task.source, Task.id)
-                .limit(batch)
-            )
-            with self.engine.connect() as conn:
-                rows = [row._mapping for row in conn.execute(q)]
-            if not rows:
-                return checked, updated
-            changes: list[dict[str, Any]] = []
-            for row in rows:
-                shape = SHAPES[row["shape"] or "mj"]
-                fp = fingerprint(join(row), shape)
-                rec = build(row["source"], fp, shape) if isinstance(fp, Fingerprint) else fp
-                if isinstance(rec, Rejected):
-                    continue
-                new = {c: rec.row[c] for c in DERIVED}
-                if any(not _equal(new[c], row[c]) for c in DERIVED):
-                    changes.append(
-                        {"_source": row["source"], "_id": row["id"]}
-                        | {f"_{c}": new[c] for c in new}
-                    )
-            if changes:
-                stmt = (
-                    update(Task)
-                    .where(Task.source == bindparam("_source"), Task.id == bindparam("_id"))
-                    .values({c: bindparam(f"_{c}") for c in DERIVED})
-                )
-                with self.write() as conn:
-                    conn.execute(stmt, changes)
-            checked += len(rows)
-            updated += len(changes)
-            after = (rows[-1]["source"], rows[-1]["id"])
-            if progress:
-                progress(checked, updated)
-
     def walk_keys(self, source: str, ids: Sequence[str]) -> list[str]:
         """The walk keys of archived tasks: the `id` their server object carries (the task
         id itself, or for new-api the row id its list is ordered by)."""
         with self.engine.connect() as conn:
             objects = self._objects(conn, source, ids)
         return [str(obj["id"]) for obj in objects.values() if obj.get("id") is not None]
-
-    def remembered_api(self, source: str) -> str | None:
-        """The family probing found for a source (`api = "auto"`), if remembered."""
-        with self.engine.connect() as conn:
-            return conn.execute(select(SourceApi.api).where(SourceApi.source == source)).scalar()
-
-    def remember_api(self, source: str, api: str, evidence: str, now: datetime) -> None:
-        with self.write() as conn:
-            conn.execute(delete(SourceApi).where(SourceApi.source == source))
-            conn.execute(
-                insert(SourceApi).values(
-                    source=source, api=api, evidence=evidence[:255], detected_at=now
-                )
-            )
-
-    def forget_api(self, source: str) -> None:
-        """A reply stopped fitting the remembered family: probe again next time."""
-        with contextlib.suppress(sa_exc.SQLAlchemyError), self.write() as conn:
-            conn.execute(delete(SourceApi).where(SourceApi.source == source))
 
     def missing_ids(self, source: str, seen: set[str]) -> list[str]:
         """Archived tasks (not gone) that a complete read of the list did not see."""
@@ -671,15 +574,6 @@ def _upsert_statement(dialect: str) -> Any:
 def _same(stored: str, fp: Fingerprint) -> bool:
     """Whether a stored content hash matches a fingerprint (also a pre-xxh3 hash)."""
     return stored == fp.hash or (stored[:1] != "x" and stored == fp.legacy_hash())
-
-
-def _equal(a: Any, b: Any) -> bool:
-    """Stored and recomputed values alike, type for type (JSON: 1 and true differ)."""
-    if isinstance(a, dict | list) or isinstance(b, dict | list):
-        return orjson.dumps(a, option=orjson.OPT_SORT_KEYS) == orjson.dumps(
-            b, option=orjson.OPT_SORT_KEYS
-        )
-    return type(a) is type(b) and a == b
 
 
 def _chunks(items: Sequence[str], n: int) -> Iterable[Sequence[str]]:

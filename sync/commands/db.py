@@ -87,12 +87,13 @@ def db_grant_reader(
 @pass_app
 def db_rederive(app: App) -> None:
     """Recompute every task's columns from its server object (after a fix to derivation)."""
+    from sync.archive import export
 
     def say(checked: int, updated: int) -> None:
         if checked % 50_000 < 1000:
             log.info("rederive: %d tasks checked, %d updated", checked, updated)
 
-    checked, updated = app.store().rederive(progress=say)
+    checked, updated = export.rederive(app.store(), progress=say)
     click.echo(f"{checked} tasks checked, {updated} updated from their stored JSON")
 
 

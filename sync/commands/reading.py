@@ -61,12 +61,14 @@ def export(app: App, name: str | None, since: datetime | None, fmt: str) -> None
     """Stream archived tasks as the server sent them, one JSON object per line."""
     import orjson
 
+    from sync.archive.export import tasks as archived
+
     store = app.store()
     if name is not None and name not in store.sources():
         raise ConfigError(f"--source: the archive has no tasks of a source named {name!r}")
     out = sys.stdout.buffer
     with reader_may_leave():
-        for _source, obj in store.export(name, since and since.replace(tzinfo=UTC)):
+        for _source, obj in archived(store, name, since and since.replace(tzinfo=UTC)):
             out.write(orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE))
         out.flush()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
+from sync.archive import sources
 from sync.archive.store import Store
 from sync.config import SourceSettings
 from sync.server.client import Client
@@ -23,9 +24,9 @@ def family_of(
     archive, or found now by probing (and then remembered, unless `remember` is off)."""
     if client.family is not None:
         return client.family
-    found, evidence = resolve(client, store.remembered_api(src.name))
+    found, evidence = resolve(client, sources.remembered(store, src.name))
     if evidence is not None:
         if remember:
-            store.remember_api(src.name, found.name, evidence, now)
+            sources.remember(store, src.name, found.name, evidence, now)
         log.info("source %s: the server is %s (%s)", src.name, describe(found), evidence)
     return found

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sync.archive import sources
 from sync.archive.runs import RunReport, SaveResult
 from sync.archive.store import ResumePoint, Store
 from sync.config import SourceSettings
@@ -73,7 +74,7 @@ def run_recorded(
         except (BadResponse, HTTPStatusError):
             # A reply that no longer fits the family: for `auto`, probe again next time.
             if src.api == "auto" and not dry_run:
-                store.forget_api(src.name)
+                sources.forget(store, src.name)
             raise
         finally:
             report.notes.extend(family.notes())
@@ -282,7 +283,7 @@ def wanted_ids(store: Store, src: SourceSettings, given: Iterable[str]) -> list[
 
 def read_ids_file(path: Path) -> list[str]:
     """One id per line (blank lines and #-comments skipped); a regular file of at most 64 MB."""
-    from sync.config import read_small_file
+    from sync.files import read_small_file
 
     lines = read_small_file(path, 64 << 20, f"--ids-from {path}").splitlines()
     return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]

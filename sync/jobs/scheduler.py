@@ -36,10 +36,11 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from sync.archive.runs import RunReport
 from sync.archive.store import Store
-from sync.config import Settings, SourceSettings, cron_fields, interval_seconds
+from sync.config import Settings, SourceSettings
 from sync.console import log_run
 from sync.errors import ConfigError, LockHeld, TasksyncError
 from sync.jobs import pipeline
+from sync.jobs.crontab import cron_fields, interval_seconds
 from sync.jobs.metrics import Metrics
 from sync.server.client import connect
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import case, func, select
 
+from sync.archive import sources
 from sync.archive.models import SyncRun, Task, unfinished
 from sync.archive.store import Store
 from sync.config import SourceSettings
@@ -114,7 +115,7 @@ def ask_server(store: Store, src: SourceSettings) -> tuple[datetime | None, str]
     try:
         with connect_quick(src) as client:
             # As configured or remembered, else probed now (and not remembered: status only reads).
-            family, _evidence = resolve(client, store.remembered_api(src.name))
+            family, _evidence = resolve(client, sources.remembered(store, src.name))
             if not family.guarantees.paged:
                 why = "has no list" if family.name == "ids" else "lists every task at once"
                 return None, f"{family.name} {why}; not asked"
