@@ -20,6 +20,7 @@ from sync.archive.models import Task
 from sync.archive.store import Store
 from sync.errors import BadResponse, RunawayList, ServerRefused, ServerUnreachable
 from sync.jobs import pipeline
+from sync.server import walk
 from sync.server.client import connect
 from sync.server.families.plus import parse_page
 from sync.simulator import Faults, Simulator
@@ -423,7 +424,7 @@ def test_a_whole_list_that_never_ends_stops_with_one_line(
 ) -> None:
     """novicezk's `/mj/task/list` streaming tasks without end (the same one over and over, or
     new ones forever): the sweep stops with one line, keeps what it read, marks nothing gone."""
-    monkeypatch.setattr(pipeline, "WHOLE_LIST_MAX", 1000)
+    monkeypatch.setattr(walk, "WHOLE_LIST_MAX", 1000)
 
     def respond(*_: Any) -> Chunks:
         yield 0, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n["

@@ -22,8 +22,9 @@ from sync.errors import ConfigError
 def backfill(app: App, name: str | None, restart: bool, ids_from: Path | None) -> None:
     """Walk everything the server lists into the archive (resumable)."""
     from sync.jobs import pipeline
+    from sync.jobs.ids import read_ids_file
 
-    ids = pipeline.read_ids_file(ids_from) if ids_from else []
+    ids = read_ids_file(ids_from) if ids_from else []
     app.run_sources(
         name,
         pipeline.backfill,
@@ -59,6 +60,7 @@ def sync_cmd(
 ) -> None:
     """One incremental sync (new tasks + unfinished re-checks), or a sweep with --sweep."""
     from sync.jobs import pipeline
+    from sync.jobs.ids import read_ids_file
 
     if sweep:
         if ids_from:
@@ -71,7 +73,7 @@ def sync_cmd(
             fetch_process=True,
         )
     else:
-        ids = pipeline.read_ids_file(ids_from) if ids_from else []
+        ids = read_ids_file(ids_from) if ids_from else []
         app.run_sources(name, pipeline.incremental, dry_run=dry_run, ids=ids)
 
 

@@ -1,4 +1,5 @@
-"""backfill, sync and sweep: plain functions taking (store, client, source, clock).
+"""backfill, sync and sweep: plain functions taking (store, client, source, clock), and the
+steps runs are made of (`_Run`).
 
 Data flows one way: the client fetches (through its family's adapter), the read side
 (`sync.server.reader`) prepares pages, the walker decides which page comes next, the store saves.
@@ -6,6 +7,9 @@ Every run is recorded in `sync_runs` (unless it is a dry run) and guarded by the
 writer lock. What a run can promise depends on the family (`sync.families.Guarantees`):
 paged lists are walked with drift repair where the order allows it, a whole list is read as
 one stream, and relays without a list refresh the ids they are given.
+
+What a run needs besides: the source's family (`family`), a relay's ids (`ids`); how a list is
+walked and when it never ends (`sync.server.walk`).
 """
 
 from __future__ import annotations
@@ -15,20 +19,20 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from sync.archive import sources
 from sync.archive.runs import RunReport, SaveResult
 from sync.archive.store import ResumePoint, Store
 from sync.config import SourceSettings
-from sync.errors import BadResponse, ConfigError, HTTPStatusError, RunawayList, TasksyncError
+from sync.errors import BadResponse, ConfigError, HTTPStatusError, TasksyncError
 from sync.jobs.family import family_of
+from sync.jobs.ids import wanted_ids
 from sync.server.client import BY_IDS_MAX, Client
 from sync.server.families.base import Family
 from sync.server.families.ids import NO_LIST
 from sync.server.reader import PageReader
-from sync.server.walk import Cursor, Runaway, WalkStats, id_key, walk
+from sync.server.walk import Cursor, Runaway, WalkStats, WholeRunaway, id_key, walk
 from sync.tasks.records import task_id
 
 log = logging.getLogger("tasksync.pipeline")
@@ -262,33 +266,6 @@ def _ids_only_for_relays(src: SourceSettings, family: Family, given: list[str]) 
         )
 
 
-WHOLE_LIST_MAX = 2_000_000  # tasks in one whole-list snapshot (novicezk): ~250 MB of seen ids
-
-
-def wanted_ids(store: Store, src: SourceSettings, given: Iterable[str]) -> list[str]:
-    """The ids a relay's run refreshes: those given (`--ids-from`), or else the first column
-    of the source's `ids_query`, run read-only against the archive's database."""
-    out = [i.strip() for i in given if i.strip()]
-    if out or not src.ids_query:
-        return out
-    from sync.archive import readonly
-
-    url = store.url.render_as_string(hide_password=False)
-    try:
-        _cols, rows = readonly.query_all(url, src.ids_query)
-    except TasksyncError as exc:  # same kind and exit code, saying where it came from
-        raise type(exc)(f"source {src.name!r}: ids_query: {exc}") from None
-    return [str(r[0]) for r in rows if r and r[0] is not None and str(r[0]).strip()]
-
-
-def read_ids_file(path: Path) -> list[str]:
-    """One id per line (blank lines and #-comments skipped); a regular file of at most 64 MB."""
-    from sync.files import read_small_file
-
-    lines = read_small_file(path, 64 << 20, f"--ids-from {path}").splitlines()
-    return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
-
-
 def _oldest_key(
     store: Store, src: SourceSettings, due: dict[str, bool], seen: set[str]
 ) -> str | None:
@@ -391,27 +368,14 @@ class _Run:
         return stats
 
     def whole(self, progress: Progress | None) -> WalkStats:
-        """The whole list of a family that serves it at once, batch by batch. A list that
-        never ends stops with one line: batches that name only tasks this snapshot already
-        held, three in a row (the same tasks over and over), or more than WHOLE_LIST_MAX
-        different tasks (new ones without end); nothing is marked gone then."""
+        """The whole list of a family that serves it at once, batch by batch; a list that
+        never ends stops with one line (`walk.WholeRunaway`), and nothing is marked gone."""
         shape = self.client.shape
-        stale = 0
+        runaway = WholeRunaway(f"source {self.src.name}")
         for tasks in self.client.whole_list():
             self.report.pages += 1
             ids = [task_id(t, shape) for t in tasks]
-            listed = {i for i in ids if i is not None}
-            stale = stale + 1 if listed and listed <= self.seen else 0
-            if stale >= 3 or len(self.seen) > WHOLE_LIST_MAX:
-                why = (
-                    "names the same tasks over and over"
-                    if stale >= 3
-                    else f"holds more than {WHOLE_LIST_MAX:,} tasks"
-                )
-                raise RunawayList(
-                    f"source {self.src.name}: the whole task list {why}: a list that never "
-                    "ends? (what it held so far is saved; nothing is marked gone)"
-                )
+            runaway.check({i for i in ids if i is not None}, self.seen)
             self.save(tasks, ids)
             if progress:
                 progress(self.report.pages, self.report.tasks_seen, None)

@@ -1,15 +1,13 @@
-"""`tasksync run`: APScheduler wiring and signals, no business logic.
+"""`tasksync run`: APScheduler wiring and signals.
 
 One job per source for the incremental sync and one for the sweep, from cron expressions (or
 an interval), with max_instances=1, coalesce=True and an explicit misfire grace time. Each job
 calls the pipeline; the database lock in the pipeline keeps other processes and hosts out.
-With `[images] enabled`, one more job fetches task pictures on its own schedule.
+With `[images] enabled`, one more job fetches task pictures on its own schedule. SIGTERM and
+SIGINT stop the scheduler; the runs under way finish their page and commit.
 
-Inside one daemon the runs of a source take turns (`Turns`) instead of meeting that lock: a
-sweep that falls due while a sync of its source runs is started as soon as that run ends (or
-in place of the next sync), never skipped; a sync tick that finds its source busy is
-dropped, since the next one comes soon. Ticks that overlap a run are counted
-(`tasksync_ticks_overlapped_total`) and logged once per source and kind, not once per tick.
+What is decided elsewhere: whose turn it is at a source (`turns`), what the metrics say
+(`metrics`), schedule expressions (`crontab`), what a run does (`pipeline`).
 """
 
 from __future__ import annotations
@@ -34,14 +32,14 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from sync.archive.runs import RunReport
 from sync.archive.store import Store
 from sync.config import Settings, SourceSettings
 from sync.console import log_run
 from sync.errors import ConfigError, LockHeld, TasksyncError
 from sync.jobs import pipeline
 from sync.jobs.crontab import cron_fields, interval_seconds
-from sync.jobs.metrics import Metrics
+from sync.jobs.metrics import Archived, Metrics
+from sync.jobs.turns import Turns
 from sync.server.client import connect
 
 log = logging.getLogger("tasksync.daemon")
@@ -70,27 +68,6 @@ def trigger(cron: str, every: str | None, tz: ZoneInfo) -> Any:
         raise ConfigError(f"bad cron expression {cron!r}: {exc}") from None
 
 
-class Turns:
-    """Whose turn it is at one source: at most one run at a time, and a sweep that fell due
-    waits for the current run to end instead of being dropped."""
-
-    def __init__(self) -> None:
-        self.busy = threading.Lock()
-        self._due = threading.Lock()
-        self.sweep_due: float | None = None  # time.time() when a sweep fell due
-
-    def want_sweep(self, at: float) -> None:
-        with self._due:
-            if self.sweep_due is None:
-                self.sweep_due = at
-
-    def take_sweep(self) -> float | None:
-        """The due time of a pending sweep, now taken (None if none is pending)."""
-        with self._due:
-            due, self.sweep_due = self.sweep_due, None
-            return due
-
-
 class Daemon:
     """The scheduler, the jobs it runs and a graceful stop."""
 
@@ -99,11 +76,11 @@ class Daemon:
         self.store = store
         self.stop = threading.Event()
         self.metrics = Metrics()
-        self.archived: dict[str, int] = {}  # the tasks_archived gauge per source (_archived)
+        self.archived = Archived(lambda source: store.count_tasks(source, present_only=True))
         self.active = 0
         self.syncing = 0  # task runs under way: the image job waits for them to end
         self.idle = threading.Condition()
-        self.turns = {src.name: Turns() for src in settings.sources}
+        self.turns = {src.name: Turns(src.name) for src in settings.sources}
         self.overlap_said: set[tuple[str, str]] = set()
         sched = settings.schedule
         try:
@@ -182,73 +159,23 @@ class Daemon:
             )
 
     def _job(self, src: SourceSettings, kind: str) -> None:
-        """One scheduled tick: run it, or leave it to the run in progress of the same source
-        (a sweep stays due and is started as soon as that run ends)."""
+        """One scheduled tick: its source's turn, taken or left (see `Turns.tick`)."""
         if self.stop.is_set():
             return
-        turns = self.turns[src.name]
-        if kind == "sweep":
-            turns.want_sweep(time.time())
         with self.idle:
             self.active += 1
         try:
-            while not self.stop.is_set():
-                if not turns.busy.acquire(blocking=False):
-                    if kind == "sync":
-                        self._overlap(src.name, kind)
-                    return  # a due sweep is taken by the run in progress when it ends
-                try:
-                    self._turn(src, kind, turns)
-                finally:
-                    turns.busy.release()
-                # A sweep that fell due just as the source was let go is not left waiting.
-                if turns.sweep_due is None:
-                    return
-                kind = "sweep"
+            self.turns[src.name].tick(
+                kind,
+                lambda todo: self._run(src, todo),
+                self.stop,
+                overlapped=lambda: self._overlap(src.name, kind),
+                waited=lambda delay: self.metrics.delay(src.name, "sweep", delay),
+            )
         finally:
             with self.idle:
                 self.active -= 1
                 self.idle.notify_all()
-
-    def _turn(self, src: SourceSettings, kind: str, turns: Turns) -> None:
-        """While holding the source: a due sweep first (in place of a sync), then any sweep
-        that fell due meanwhile."""
-        todo: str | None = kind
-        while not self.stop.is_set():
-            due = turns.take_sweep()
-            if due is not None:
-                delay = max(0.0, time.time() - due)
-                self.metrics.delay(src.name, "sweep", delay)
-                if delay >= 1:
-                    log.info(
-                        "source %s: sweep started %.1f s after it fell due (a run of the source "
-                        "was going)",
-                        src.name,
-                        delay,
-                    )
-                self._run(src, "sweep")
-            elif todo == "sync":
-                self._run(src, "sync")
-            todo = None
-            if turns.sweep_due is None:
-                return
-
-    def _archived(self, report: RunReport) -> int | None:
-        """Tasks present in the archive, for the gauge: counted at a source's first run and
-        after each sweep (which reads the whole list anyway); after a sync, the last count plus
-        what it inserted or saw return (a sync never marks gone). Counting after every sync
-        would make each one cost more as the archive grows: ~60-110 ms at 1M tasks on SQLite,
-        more than the sync itself."""
-        known = self.archived.get(report.source)
-        if known is None or report.kind == "sweep":
-            try:
-                known = self.store.count_tasks(report.source, present_only=True)
-            except TasksyncError:
-                return None
-        else:
-            known += report.inserted + report.returned
-        self.archived[report.source] = known
-        return known
 
     def _run(self, src: SourceSettings, kind: str) -> None:
         with self.idle:
@@ -262,7 +189,7 @@ class Daemon:
                 else:
                     report = pipeline.incremental(self.store, client, src, stop=self.stop)
             log_run(report)
-            self.metrics.observe(report, self._archived(report), time.time())
+            self.metrics.observe(report, self.archived.after(report), time.time())
         except LockHeld as exc:
             log.info("source %s %s skipped: %s", src.name, kind, exc)
             self.metrics.failed(src.name, kind, "skipped")

@@ -18,7 +18,8 @@ A walk that needs more than `max_backs` repairs in a row gives up repairing and 
 that is not sorted by id makes drift undetectable (`verified = False`), with the same effect.
 
 A list that never ends is stopped by `Runaway` (RunawayList): a page number past what the
-server's own totals allow (by a margin), or the same page content several times in a row.
+server's own totals allow (by a margin), or the same page content several times in a row; a
+whole list read as one stream, by `WholeRunaway`.
 """
 
 from __future__ import annotations
@@ -189,3 +190,31 @@ def walk(
             back = Cursor(q - 1, c, cur.total)
             yield page, back
             cur = back
+
+
+WHOLE_LIST_MAX = 2_000_000  # tasks in one whole-list snapshot (novicezk): ~250 MB of seen ids
+
+
+class WholeRunaway:
+    """The guard against a whole list (read as one stream) that never ends: batches that
+    name only tasks this snapshot already held, three in a row (the same tasks over and
+    over), or more than WHOLE_LIST_MAX different tasks (new ones without end)."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.stale = 0
+
+    def check(self, listed: set[str], seen: set[str]) -> None:
+        """After a batch listing `listed`, with `seen` the tasks held before it: raise
+        RunawayList when the list looks endless."""
+        self.stale = self.stale + 1 if listed and listed <= seen else 0
+        if self.stale >= 3 or len(seen) > WHOLE_LIST_MAX:
+            why = (
+                "names the same tasks over and over"
+                if self.stale >= 3
+                else f"holds more than {WHOLE_LIST_MAX:,} tasks"
+            )
+            raise RunawayList(
+                f"{self.where}: the whole task list {why}: a list that never ends? (what it "
+                "held so far is saved; nothing is marked gone)"
+            )
