@@ -25,7 +25,7 @@ def images_fetch(app: App, name: str | None, limit: int | None) -> None:
     settings = app.settings
     if not settings.images.enabled:
         raise ConfigError("images fetch: [images] enabled = false; set it to true to fetch")
-    sources = [(s.name, s.base_url) for s in settings.source(name)]
+    sources = img.sources_of(settings.source(name))
     store = app.store()
     with ProgressDisplay("images", unit="files") as progress:
         report = img.run(

@@ -29,7 +29,7 @@ import orjson
 
 from sync.archive.images import Link, Outcome, Slot
 from sync.archive.store import Store
-from sync.config import ImagesSettings
+from sync.config import ImagesSettings, SourceSettings
 from sync.errors import ConfigError, printable
 from sync.images.client import ImageClient, ImageFailure
 from sync.tasks.records import join
@@ -518,5 +518,7 @@ def verify(store: Store, settings: ImagesSettings) -> Verified:
     return out
 
 
-def sources_of(settings: Any) -> list[tuple[str, str]]:
-    return [(s.name, s.base_url) for s in settings.sources]
+def sources_of(sources: Iterable[SourceSettings]) -> list[tuple[str, str]]:
+    """The (name, base_url) of each source whose tasks' links the job looks at (a relative
+    link is taken relative to its source's base_url)."""
+    return [(s.name, s.base_url) for s in sources]

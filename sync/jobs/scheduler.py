@@ -217,7 +217,7 @@ class Daemon:
             report = images.run(
                 self.store,
                 self.settings.images,
-                images.sources_of(self.settings),
+                images.sources_of(self.settings.sources),
                 stop=self.stop,
                 yield_to=lambda: self.syncing > 0,  # never compete with a task sync
             )

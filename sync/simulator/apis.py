@@ -1,5 +1,6 @@
 """How the simulator answers as each server family: endpoints, envelopes, task shapes and the
-quirks `sync.families` must survive (see the API reference the README points to).
+quirks `sync.server.families` must survive (the README's "Server families" describes the
+real servers these stand for).
 
 - plus: `POST /mj/task/query`, a Spring Page from 0 (`nested`: the nested page shape).
 - trueai: `POST /mj/admin/tasks`, pages from 1, silently capped at 100 (in demo mode at 10,
