@@ -42,7 +42,7 @@ class Guard(Protocol):
 
 class Database:
     """A handle on one archive database: its engine, write transactions, errors, and the
-    writer locks this process holds on its sources (`sync.locks`)."""
+    writer locks this process holds on its sources (`sync.archive.locks`)."""
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = normalize_url(url)

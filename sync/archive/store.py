@@ -92,7 +92,7 @@ class Store(Database):
     def lock(
         self, source: str, now: datetime | None = None
     ) -> contextlib.AbstractContextManager[None]:
-        """Hold the writer lock of a source for a run, or raise LockHeld (see sync.locks)."""
+        """Hold the writer lock of a source for a run, or raise LockHeld (see `locks`)."""
         return locks.hold(self, source, now)
 
     # ---- the run ledger ---------------------------------------------------------------
@@ -144,7 +144,7 @@ class Store(Database):
         build_rows: bool = False,
         shape: Shape = MJ,
     ) -> Prepared:
-        """Fingerprint raw task objects (no I/O); see `sync.batch.prepare`."""
+        """Fingerprint raw task objects (no I/O); see `sync.tasks.batch.prepare`."""
         return prepare(self.binder, source, tasks, now, build_rows=build_rows, shape=shape)
 
     def save(

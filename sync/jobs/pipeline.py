@@ -4,7 +4,7 @@ steps runs are made of (`_Run`).
 Data flows one way: the client fetches (through its family's adapter), the read side
 (`sync.server.reader`) prepares pages, the walker decides which page comes next, the store saves.
 Every run is recorded in `sync_runs` (unless it is a dry run) and guarded by the source's
-writer lock. What a run can promise depends on the family (`sync.families.Guarantees`):
+writer lock. What a run can promise depends on the family (`sync.server.families.base.Guarantees`):
 paged lists are walked with drift repair where the order allows it, a whole list is read as
 one stream, and relays without a list refresh the ids they are given.
 

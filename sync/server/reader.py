@@ -3,7 +3,7 @@
     server --> client (ServerPage) --> reader (ReadPage) --> pipeline --> store
 
 A `ReadPage` is what the walker and the store need from a page: its place in the list, the
-ids on it, and its tasks prepared for saving (`sync.batch`: fingerprints, and for pages of
+ids on it, and its tasks prepared for saving (`sync.tasks.batch`: fingerprints, and for pages of
 mostly new tasks their bind parameters). Requests always stay strictly sequential (page n+1 is
 requested only after page n arrived), which the walker's drift check relies on. Two readers
 overlap the rest with the writer's work:
@@ -19,8 +19,9 @@ a process and the walk is long, switches to one once it is up. Either way at mos
 two wait ahead (flat memory), and asking for any page other than the next one (the walker
 stepping back) discards what was read ahead and restarts there.
 
-The child prepares pages with the same `sync.batch` and `sync.records` code as the parent:
-anything new that row building needs must reach the child through `_Setup` as well.
+The child prepares pages with the same `sync.tasks` code as the parent: anything new that row
+building needs must reach the child through `_Setup` as well, and so must every setting of
+the walk (`_Setup.source`, the walk's own `src`).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The built-in fake server: deterministic, realistic tasks on a loopback port, answering as
-any of the server families (`api`: plus by default; sync.simulator_apis has each family's
+any of the server families (`api`: plus by default; sync.simulator.apis has each family's
 endpoints, shapes and quirks).
 
 Used by `tasksync demo`, `tasksync simulate`, the tests and the benchmarks. Standard library
@@ -176,13 +176,13 @@ class Simulator:
 
         `images`: finished tasks link to pictures (and some to a grid and a video) that this
         simulator serves, at signed links expiring `image_ttl_s` after its start, or already
-        expired for `expired_per_mille` of them, with `image_faults` (sync.simulator_images).
+        expired for `expired_per_mille` of them, with `image_faults` (sync.simulator.images).
         """
         if min(arrivals_per_s, updates_per_s) < 0 or not 0.0 <= stuck_share <= 1.0:
             raise ValueError("rates must be >= 0 and stuck_share within 0..1")
         if ttl_s is not None and ttl_s <= 0:
             raise ValueError("ttl_s must be > 0")
-        self.api = APIS[api]()  # which family it answers as (sync.simulator_apis)
+        self.api = APIS[api]()  # which family it answers as (sync.simulator.apis)
         self.images = (
             Images(
                 self,
