@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -46,6 +48,13 @@ def config_check(app: App) -> None:
                 click.echo(f"# source {src.name}: api = auto could not tell: {exc}")
 
 
+def family_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--api`: which family the simulator plays, one of the registry's (plus by default)."""
+    return click.option(
+        "--api", type=click.Choice(FAMILIES), default="plus", show_default=True, help=help_text
+    )
+
+
 MAX_TASKS = 10_000_000  # the simulator holds its tasks in memory
 PER_REQUEST = FiniteRange(0, 1_000)
 
@@ -71,13 +80,7 @@ PER_REQUEST = FiniteRange(0, 1_000)
 @click.option(
     "--images", "with_images", is_flag=True, help="Finished tasks link to pictures served here."
 )
-@click.option(
-    "--api",
-    type=click.Choice(FAMILIES),
-    default="plus",
-    show_default=True,
-    help="Which server family to play.",
-)
+@family_option("Which server family to play.")
 def simulate(
     port: int,
     host: str,
@@ -138,13 +141,7 @@ def simulate(
     help="The SQLite file the demo (re)creates.",
 )
 @click.option("--tasks", type=click.IntRange(1, MAX_TASKS), default=5000, show_default=True)
-@click.option(
-    "--api",
-    type=click.Choice(FAMILIES),
-    default="plus",
-    show_default=True,
-    help="Which server family the simulator plays (the demo's config says api = auto).",
-)
+@family_option("Which server family the simulator plays (the demo's config says api = auto).")
 def demo(db_path: str, tasks: int, api: str) -> None:
     """Offline demo: simulator → SQLite backfill → incremental sync → history answers."""
     from sync.demo import run_demo
