@@ -41,9 +41,7 @@ def tasksync_executable() -> str:
     raise ConfigError("cannot find the tasksync script of this install; pass --exec PATH")
 
 
-def systemd_unit(
-    user: str, config: str, workdir: str, executable: str, writable: list[str]
-) -> str:
+def systemd_unit(user: str, config: str, workdir: str, executable: str, writable: list[str]) -> str:
     """The shipped unit with its defaults replaced, key by key (comments are kept)."""
     if not USER_RE.match(user):
         raise ConfigError(f"--user {user!r}: a user name such as tasksync")
