@@ -9,11 +9,20 @@ installs them) a missing tool fails instead.
 
 from __future__ import annotations
 
+import os
 import re
+import resource
 import shutil
+import socket
 import subprocess
+import sys
+import time
+import urllib.request
+import zlib
+from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -217,3 +226,274 @@ def test_deploy_systemd_refuses_values_a_unit_cannot_hold(
     """A value that would break (or add lines to) the unit is exit 2 with one line."""
     code, out, err = run("deploy", "systemd", "--exec", "/usr/bin/tasksync", *args)
     assert (code, out, err) == (2, "", f"tasksync: error: {message}\n")
+
+
+# The container: image, compose file, healthcheck ----------------------------------------
+
+CONTAINERS = Path(os.environ.get("TASKSYNC_TEST_CONTAINERS", "/var/tmp/tasksync-test-containers"))
+MIRROR = os.environ.get("TASKSYNC_TEST_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+BASE = "localhost/tasksync-test-base:bookworm"  # debootstrap'd here: no registry is reachable
+IMAGE = "localhost/tasksync:test"
+POSTGRES = "localhost/tasksync-test-postgres:15"  # tests/container/: a stand-in, see there
+
+
+class Podman:
+    """podman and podman-compose on a storage of their own (CONTAINERS), apart from any other
+    images on the machine, which also keeps the base image and build layers between runs.
+
+    Two settings this machine needs, harmless elsewhere: runc rather than crun (crun 1.8
+    refuses a host with cgroup v1 and v2 mounted side by side: "cgroups in hybrid mode not
+    supported"), and rlimits at or below the host's hard limits (podman's rootful defaults
+    exceed them, and raising a limit needs CAP_SYS_RESOURCE, which this root lacks)."""
+
+    def __init__(self) -> None:
+        self.podman, self.compose = need("podman"), need("podman-compose")
+        conf = CONTAINERS / "conf"
+        conf.mkdir(parents=True, exist_ok=True)
+        (conf / "storage.conf").write_text(
+            f'[storage]\ndriver = "overlay"\ngraphroot = "{CONTAINERS}/storage"\n'
+            # runtime state on /run (a tmpfs, emptied by a reboot), one per storage
+            f'runroot = "/run/tasksync-test-containers-{zlib.crc32(bytes(CONTAINERS)):08x}"\n'
+        )
+        nofile = min(resource.getrlimit(resource.RLIMIT_NOFILE)[1], 65536)
+        engine = '[engine]\nruntime = "runc"\n' if shutil.which("runc") else ""
+        (conf / "containers.conf").write_text(
+            f'[containers]\ndefault_ulimits = ["nofile={nofile}:{nofile}", "nproc=4096:4096"]\n'
+            + engine
+        )
+        self.env = {
+            **os.environ,
+            "CONTAINERS_STORAGE_CONF": str(conf / "storage.conf"),
+            "CONTAINERS_CONF": str(conf / "containers.conf"),
+        }
+
+    def __call__(
+        self, *args: str, check: bool = True, timeout: float = 600, **kw: Any
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [self.podman, *args],
+            env=kw.pop("env", self.env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            **kw,
+        )
+        if check and proc.returncode != 0:
+            pytest.fail(
+                f"podman {' '.join(args[:3])} ... exit {proc.returncode}:\n{proc.stderr[-3000:]}"
+            )
+        return proc
+
+    def base_image(self, tmp: Path) -> None:
+        """Debian bookworm (minbase) from the apt mirror, imported once: what FROM
+        debian:bookworm-slim would be with a registry."""
+        if self("image", "exists", BASE, check=False).returncode == 0:
+            return
+        rootfs = tmp / "rootfs"
+        subprocess.run(
+            [need("debootstrap"), "--variant=minbase", "bookworm", str(rootfs), MIRROR],
+            check=True,
+            capture_output=True,
+            timeout=900,
+        )
+        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+        self("import", "-", BASE, stdin=tar.stdout)
+        assert tar.wait() == 0
+        shutil.rmtree(rootfs)
+
+
+def build_context(tmp: Path) -> Path:
+    """The checkout's installable part, plus a wheelhouse of tasksync and its dependencies for
+    Debian's Python 3.11, so that pip in the build needs no index (nor this machine's CA)."""
+    ctx = tmp / "context"
+    ctx.mkdir()
+    for name in ("sync", "migrations"):
+        shutil.copytree(ROOT / name, ctx / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", ".dockerignore"):
+        shutil.copy(ROOT / name, ctx / name)
+    wheels = ctx / "wheelhouse"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "-w", str(wheels), str(ctx)], check=True, timeout=600
+    )
+    (wheel,) = wheels.glob("tasksync-*.whl")
+    platforms = [
+        "manylinux_2_17_x86_64",
+        "manylinux2014_x86_64",
+        "manylinux_2_28_x86_64",
+        "manylinux_2_34_x86_64",
+    ]
+    subprocess.run(
+        [
+            *pip,
+            "download",
+            "-d",
+            str(wheels),
+            "--only-binary=:all:",
+            "--python-version",
+            "3.11",
+            "--implementation",
+            "cp",
+            "--abi",
+            "cp311",
+            *(f"--platform={p}" for p in platforms),
+            str(wheel),
+            "setuptools>=77",
+        ],
+        check=True,
+        timeout=600,
+    )
+    return ctx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            return str(r.read().decode())
+    except OSError:
+        return ""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_container_image_and_compose_run_tasksync_with_postgresql(tmp_path: Path) -> None:
+    """Build the image (sync/deploy/Dockerfile) on a Debian base, start compose.yaml as shipped
+    (tasksync + PostgreSQL, secrets from the environment): the healthcheck passes, the
+    metrics answer on the published port, the daemon archives a simulator (run inside its
+    container) into PostgreSQL and its pictures into the images volume, no secret is in the
+    image or the logs, and SIGTERM stops it with exit 0."""
+    podman = Podman()
+    podman.base_image(tmp_path)
+    ctx = build_context(tmp_path)
+    # --network host: the build's apt-get reaches the Debian mirror as this machine does.
+    build = ["build", "--format", "docker", "--network", "host", "--build-arg", f"BASE={BASE}"]
+    podman(
+        *build,
+        "--build-arg",
+        "PIP_OPTIONS=--no-index --find-links /src/wheelhouse",
+        "-t",
+        IMAGE,
+        "-f",
+        "sync/deploy/Dockerfile",
+        str(ctx),
+    )
+    podman(*build, "-t", POSTGRES, "-f", "postgres.Dockerfile", str(ROOT / "tests" / "container"))
+
+    project = f"tsdeploy{os.getpid()}"
+    work = tmp_path / "project"
+    work.mkdir()
+    shutil.copy(DEPLOY / "compose.yaml", work / "compose.yaml")
+    (work / "tasksync.toml").write_text(
+        '[[sources]]\nname = "sim"\nbase_url = "http://127.0.0.1:8080"\n'
+        'token_env = "TASKSYNC_TOKEN"\nmax_requests_per_second = 100\n\n'
+        '[schedule]\nevery = "3s"\nimages_every = "3s"\n\n'
+        '[metrics]\nport = 9464\nhost = "0.0.0.0"\n\n'
+        '[images]\nenabled = true\ndir = "/var/lib/tasksync-images"\n'
+        'allow_hosts = ["127.0.0.1"]\nmax_requests_per_second = 100\n'
+    )
+    token, password, port = f"tok-{os.urandom(6).hex()}", f"pw-{os.urandom(6).hex()}", free_port()
+    env = {
+        **podman.env,
+        "POSTGRES_IMAGE": POSTGRES,
+        "TASKSYNC_IMAGE": IMAGE,
+        "TASKSYNC_TOKEN": token,
+        "POSTGRES_PASSWORD": password,
+        "TASKSYNC_METRICS_PORT": str(port),
+    }
+    compose = [podman.compose, "-p", project]
+    box = f"{project}_tasksync_1"
+
+    def inside(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return podman("exec", box, *args, check=check)
+
+    def wait(cond: Callable[[], bool], what: str, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            if time.monotonic() > deadline:
+                logs = podman("logs", box, check=False)
+                out = logs.stdout[-3000:] + logs.stderr[-3000:]
+                pytest.fail(f"timed out waiting for {what}; tasksync's log:\n{out}")
+            time.sleep(1)
+
+    try:
+        up = subprocess.run(
+            [*compose, "up", "-d"], cwd=work, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        # podman-compose 1.0 does not wait for the database's healthcheck (depends_on
+        # condition): tasksync's `db upgrade` fails until PostgreSQL is up, and the restart
+        # policy tries again; this waits for the outcome.
+        wait(
+            lambda: podman("healthcheck", "run", box, check=False).returncode == 0,
+            "the healthcheck to pass",
+        )
+        podman(
+            "exec",
+            "-d",
+            box,
+            "tasksync",
+            "simulate",
+            "--port",
+            "8080",
+            "--tasks",
+            "300",
+            "--token-env",
+            "TASKSYNC_TOKEN",
+            "--images",
+        )
+        wait(
+            lambda: (
+                'tasksync_last_success_timestamp_seconds{kind="sync",source="sim"}' in scrape(port)
+            ),
+            "a successful sync in the metrics",
+        )
+        wait(
+            lambda: ", 0 pending," in inside("tasksync", "status", "--no-server").stdout,
+            "the image backlog to be fetched",
+        )
+        status = inside("tasksync", "status", "--no-server").stdout
+        assert "source sim: 300 tasks archived (0 gone" in status
+        images = re.search(r"images +(\d+) fetched \(.*\), 0 pending, 0 failed, 0 expired", status)
+        assert images is not None, status
+        verify = inside("tasksync", "images", "verify", check=False)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        files = inside("sh", "-c", "find /var/lib/tasksync-images -type f | wc -l").stdout.strip()
+        assert int(images.group(1)) > int(files) > 0  # links share files: named by their hash
+        assert f"{files} files intact, 0 missing, 0 corrupted" in verify.stdout
+        current = inside("tasksync", "db", "current").stdout
+        assert current.startswith("current: ") and "current: none" not in current
+        url = inside("sh", "-c", "echo $TASKSYNC_DATABASE_URL").stdout.strip()
+        assert url == "postgresql+psycopg://tasksync@db:5432/tasksync"
+
+        config = podman("image", "inspect", IMAGE, "--format", "{{json .Config}}").stdout
+        history = podman("history", "--no-trunc", IMAGE).stdout
+        logs = podman("logs", box)
+        for secret in (token, password):
+            assert secret not in config + history + logs.stdout + logs.stderr
+
+        # The healthcheck can fail: the same image without a metrics endpoint is unhealthy.
+        idle = podman("run", "-d", "--network", "none", IMAGE, "sleep", "60").stdout.strip()
+        sick = podman("healthcheck", "run", idle, check=False)
+        podman("rm", "-f", "-t", "0", idle)
+        assert (sick.returncode, sick.stdout.strip()) == (1, "unhealthy")
+
+        podman("stop", "-t", "45", box, timeout=120)
+        state = podman("inspect", box, "--format", "{{.State.ExitCode}}").stdout.strip()
+        assert state == "0"
+        assert "SIGTERM received" in podman("logs", box).stderr + podman("logs", box).stdout
+    finally:
+        subprocess.run([*compose, "down"], cwd=work, env=env, capture_output=True, timeout=300)
+        podman(
+            "volume",
+            "rm",
+            "-f",
+            *(f"{project}_{v}" for v in ("pgdata", "state", "images")),
+            check=False,
+        )
+        podman("network", "rm", "-f", f"{project}_default", check=False)
