@@ -296,9 +296,9 @@ class Podman:
             capture_output=True,
             timeout=900,
         )
-        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-        self("import", "-", BASE, stdin=tar.stdout)
-        assert tar.wait() == 0
+        with subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE) as tar:
+            self("import", "-", BASE, stdin=tar.stdout)
+        assert tar.returncode == 0
         shutil.rmtree(rootfs)
 
 
