@@ -9,6 +9,8 @@ installs them) a missing tool fails instead.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import re
 import resource
@@ -19,13 +21,14 @@ import sys
 import time
 import urllib.request
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+import yaml  # type: ignore[import-untyped]  # no stubs installed; only safe_load is used
 
 from sync.metrics import Metrics
 
@@ -105,11 +108,8 @@ def test_alerts_a_wrong_threshold_fails_the_unit_tests(tmp_path: Path) -> None:
 
 def _exported_metrics() -> set[str]:
     out: set[str] = set()
-    for collector in Metrics().registry._collector_to_names:
-        for family in collector.describe():
-            out.add(family.name)
-            if family.type == "counter":
-                out.add(family.name + "_total")
+    for family in Metrics().registry.collect():
+        out.add(family.name + ("_total" if family.type == "counter" else ""))
     return out
 
 
@@ -233,8 +233,8 @@ def test_deploy_systemd_refuses_values_a_unit_cannot_hold(
 CONTAINERS = Path(os.environ.get("TASKSYNC_TEST_CONTAINERS", "/var/tmp/tasksync-test-containers"))
 MIRROR = os.environ.get("TASKSYNC_TEST_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 BASE = "localhost/tasksync-test-base:bookworm"  # debootstrap'd here: no registry is reachable
-IMAGE = "localhost/tasksync:test"
 POSTGRES = "localhost/tasksync-test-postgres:15"  # tests/container/: a stand-in, see there
+TEST_FILES = ROOT / "tests" / "container"
 
 
 class Podman:
@@ -346,6 +346,78 @@ def build_context(tmp: Path) -> Path:
     return ctx
 
 
+def sources_digest() -> str:
+    """A digest of what goes into the image: the tag says which sources it was built from."""
+    h = hashlib.sha256()
+    paths = [ROOT / "pyproject.toml", ROOT / "README.md", ROOT / ".dockerignore"]
+    for folder in ("sync", "migrations"):
+        paths += sorted(p for p in (ROOT / folder).rglob("*") if "__pycache__" not in p.parts)
+    paths += sorted(TEST_FILES.iterdir())
+    for path in paths:
+        if path.is_file():
+            h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Images:
+    podman: Podman
+    tasksync: str
+    postgres: str
+    systemd: str
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Images]:
+    """The images, built once per sources digest: each test worker that needs them takes a
+    lock, and finds them built by another or builds them (base image from debootstrap on the
+    first run: about 50 s; the image itself about 1 min)."""
+    podman = Podman()
+    tag = sources_digest()
+    built = Images(
+        podman,
+        f"localhost/tasksync:test-{tag}",
+        POSTGRES,
+        f"localhost/tasksync-systemd:test-{tag}",
+    )
+    with (CONTAINERS / "build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        wanted = (built.tasksync, built.postgres, built.systemd)
+        if any(podman("image", "exists", i, check=False).returncode for i in wanted):
+            tmp = tmp_path_factory.mktemp("images")
+            podman.base_image(tmp)
+            # --network host: the builds' apt-get reaches the Debian mirror as this machine does.
+            build = ["build", "--format", "docker", "--network", "host"]
+            build += ["--build-arg", f"BASE={BASE}"]
+            podman(
+                *build,
+                "--build-arg",
+                "PIP_OPTIONS=--no-index --find-links /src/wheelhouse",
+                "-t",
+                built.tasksync,
+                "-f",
+                "sync/deploy/Dockerfile",
+                str(build_context(tmp)),
+            )
+            podman(*build, "-t", built.postgres, "-f", "postgres.Dockerfile", str(TEST_FILES))
+            podman(
+                *build,
+                "--build-arg",
+                f"IMAGE={built.tasksync}",
+                "-t",
+                built.systemd,
+                "-f",
+                "systemd.Dockerfile",
+                str(TEST_FILES),
+            )
+            stale = podman("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+            for old in stale:
+                if re.match(r"localhost/tasksync(-systemd)?:test-", old) and tag not in old:
+                    podman("rmi", "-f", old, check=False)
+            podman("image", "prune", "-f", check=False)
+    yield built
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -362,28 +434,15 @@ def scrape(port: int) -> str:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_container_image_and_compose_run_tasksync_with_postgresql(tmp_path: Path) -> None:
-    """Build the image (sync/deploy/Dockerfile) on a Debian base, start compose.yaml as shipped
+def test_container_image_and_compose_run_tasksync_with_postgresql(
+    images: Images, tmp_path: Path
+) -> None:
+    """The image (sync/deploy/Dockerfile, built on a Debian base) and compose.yaml as shipped
     (tasksync + PostgreSQL, secrets from the environment): the healthcheck passes, the
     metrics answer on the published port, the daemon archives a simulator (run inside its
     container) into PostgreSQL and its pictures into the images volume, no secret is in the
     image or the logs, and SIGTERM stops it with exit 0."""
-    podman = Podman()
-    podman.base_image(tmp_path)
-    ctx = build_context(tmp_path)
-    # --network host: the build's apt-get reaches the Debian mirror as this machine does.
-    build = ["build", "--format", "docker", "--network", "host", "--build-arg", f"BASE={BASE}"]
-    podman(
-        *build,
-        "--build-arg",
-        "PIP_OPTIONS=--no-index --find-links /src/wheelhouse",
-        "-t",
-        IMAGE,
-        "-f",
-        "sync/deploy/Dockerfile",
-        str(ctx),
-    )
-    podman(*build, "-t", POSTGRES, "-f", "postgres.Dockerfile", str(ROOT / "tests" / "container"))
+    podman, image = images.podman, images.tasksync
 
     project = f"tsdeploy{os.getpid()}"
     work = tmp_path / "project"
@@ -401,7 +460,7 @@ def test_container_image_and_compose_run_tasksync_with_postgresql(tmp_path: Path
     env = {
         **podman.env,
         "POSTGRES_IMAGE": POSTGRES,
-        "TASKSYNC_IMAGE": IMAGE,
+        "TASKSYNC_IMAGE": image,
         "TASKSYNC_TOKEN": token,
         "POSTGRES_PASSWORD": password,
         "TASKSYNC_METRICS_PORT": str(port),
@@ -459,26 +518,28 @@ def test_container_image_and_compose_run_tasksync_with_postgresql(tmp_path: Path
         )
         status = inside("tasksync", "status", "--no-server").stdout
         assert "source sim: 300 tasks archived (0 gone" in status
-        images = re.search(r"images +(\d+) fetched \(.*\), 0 pending, 0 failed, 0 expired", status)
-        assert images is not None, status
+        pictures = re.search(
+            r"images +(\d+) fetched \(.*\), 0 pending, 0 failed, 0 expired", status
+        )
+        assert pictures is not None, status
         verify = inside("tasksync", "images", "verify", check=False)
         assert verify.returncode == 0, verify.stdout + verify.stderr
         files = inside("sh", "-c", "find /var/lib/tasksync-images -type f | wc -l").stdout.strip()
-        assert int(images.group(1)) > int(files) > 0  # links share files: named by their hash
+        assert int(pictures.group(1)) > int(files) > 0  # links share files: named by their hash
         assert f"{files} files intact, 0 missing, 0 corrupted" in verify.stdout
         current = inside("tasksync", "db", "current").stdout
         assert current.startswith("current: ") and "current: none" not in current
         url = inside("sh", "-c", "echo $TASKSYNC_DATABASE_URL").stdout.strip()
         assert url == "postgresql+psycopg://tasksync@db:5432/tasksync"
 
-        config = podman("image", "inspect", IMAGE, "--format", "{{json .Config}}").stdout
-        history = podman("history", "--no-trunc", IMAGE).stdout
+        config = podman("image", "inspect", image, "--format", "{{json .Config}}").stdout
+        history = podman("history", "--no-trunc", image).stdout
         logs = podman("logs", box)
         for secret in (token, password):
             assert secret not in config + history + logs.stdout + logs.stderr
 
         # The healthcheck can fail: the same image without a metrics endpoint is unhealthy.
-        idle = podman("run", "-d", "--network", "none", IMAGE, "sleep", "60").stdout.strip()
+        idle = podman("run", "-d", "--network", "none", image, "sleep", "60").stdout.strip()
         sick = podman("healthcheck", "run", idle, check=False)
         podman("rm", "-f", "-t", "0", idle)
         assert (sick.returncode, sick.stdout.strip()) == (1, "unhealthy")
@@ -497,3 +558,76 @@ def test_container_image_and_compose_run_tasksync_with_postgresql(tmp_path: Path
             check=False,
         )
         podman("network", "rm", "-f", f"{project}_default", check=False)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_systemd_unit_runs_tasksync_under_systemd_with_its_sandbox(images: Images) -> None:
+    """The unit `tasksync deploy systemd` prints, under a real systemd (PID 1 of a container:
+    there is none on the test machine): `db upgrade` then the daemon start; it syncs and
+    sweeps (the sweep's fetch process included) inside its sandbox, which is in force (a
+    read-only /, a writable /var/lib/tasksync, no capabilities, no new privileges, a syscall
+    filter); `systemctl stop` ends it by SIGTERM, successfully. --privileged lets systemd set
+    up the namespaces the sandbox is made of; the container has no network."""
+    podman = images.podman
+    box = f"tssystemd{os.getpid()}"
+    podman(
+        "run",
+        "-d",
+        "--name",
+        box,
+        "--privileged",
+        "--systemd=always",
+        "--network",
+        "none",
+        images.systemd,
+    )
+
+    def inside(*args: str, check: bool = True) -> str:
+        return podman("exec", box, *args, check=check).stdout
+
+    def journal() -> str:
+        return inside("journalctl", "-u", "tasksync", "--no-pager", "-o", "cat", check=False)
+
+    def wait(cond: Callable[[], bool], what: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out waiting for {what}; the journal:\n{journal()[-4000:]}")
+            time.sleep(1)
+
+    try:
+        wait(
+            lambda: (
+                inside("systemctl", "is-system-running", check=False).strip()
+                in ("running", "degraded")
+            ),
+            "systemd to boot",
+        )
+        inside("systemctl", "start", "sim.service")
+        inside("systemctl", "start", "tasksync.service")
+        wait(lambda: "kind=sync outcome=ok" in journal(), "a successful sync")
+        wait(lambda: "kind=sweep outcome=ok" in journal(), "a successful sweep")
+        assert "database sqlite:////var/lib/tasksync/tasksync.db at revision" in journal()
+        assert "outcome=failed" not in journal()
+
+        pid = inside("systemctl", "show", "-p", "MainPID", "--value", "tasksync").strip()
+        status = inside("cat", f"/proc/{pid}/status")
+        assert re.search(r"^CapEff:\s+0+$", status, re.M)
+        assert re.search(r"^NoNewPrivs:\s+1$", status, re.M)
+        assert re.search(r"^Seccomp:\s+2$", status, re.M)  # a filter is in force
+        mounts = {
+            f[4]: f[5].split(",")[0]
+            for f in (line.split() for line in inside("cat", f"/proc/{pid}/mountinfo").splitlines())
+        }
+        assert (mounts["/"], mounts["/var/lib/tasksync"], mounts["/home"]) == ("ro", "rw", "ro")
+        user = inside("stat", "-c", "%U", f"/proc/{pid}").strip()
+        assert user == "tasksync"
+
+        inside("systemctl", "stop", "tasksync.service")
+        shown = inside("systemctl", "show", "tasksync", "-p", "Result", "-p", "ActiveState")
+        assert shown.split() == ["Result=success", "ActiveState=inactive"]
+        assert "SIGTERM received" in journal()
+        assert "daemon stopped" in journal()
+    finally:
+        podman("rm", "-f", "-v", "-t", "5", box, check=False)
