@@ -250,16 +250,19 @@ class Podman:
         self.podman, self.compose = need("podman"), need("podman-compose")
         conf = CONTAINERS / "conf"
         conf.mkdir(parents=True, exist_ok=True)
+        # Runtime state on /run (a tmpfs, emptied by a reboot), one folder per storage, and
+        # file locks in it: podman's default shared-memory lock table is one per machine, and
+        # two storages numbering their locks in it collide.
+        run = f"/run/tasksync-test-containers-{zlib.crc32(bytes(CONTAINERS)):08x}"
         (conf / "storage.conf").write_text(
             f'[storage]\ndriver = "overlay"\ngraphroot = "{CONTAINERS}/storage"\n'
-            # runtime state on /run (a tmpfs, emptied by a reboot), one per storage
-            f'runroot = "/run/tasksync-test-containers-{zlib.crc32(bytes(CONTAINERS)):08x}"\n'
+            f'runroot = "{run}/storage"\n'
         )
         nofile = min(resource.getrlimit(resource.RLIMIT_NOFILE)[1], 65536)
-        engine = '[engine]\nruntime = "runc"\n' if shutil.which("runc") else ""
+        runtime = 'runtime = "runc"\n' if shutil.which("runc") else ""
         (conf / "containers.conf").write_text(
             f'[containers]\ndefault_ulimits = ["nofile={nofile}:{nofile}", "nproc=4096:4096"]\n'
-            + engine
+            f'[engine]\ntmp_dir = "{run}/libpod"\nlock_type = "file"\n{runtime}'
         )
         self.env = {
             **os.environ,
@@ -541,7 +544,7 @@ def test_container_image_and_compose_run_tasksync_with_postgresql(
         # The healthcheck can fail: the same image without a metrics endpoint is unhealthy.
         idle = podman("run", "-d", "--network", "none", image, "sleep", "60").stdout.strip()
         sick = podman("healthcheck", "run", idle, check=False)
-        podman("rm", "-f", "-t", "0", idle)
+        podman("rm", "-f", "-v", "-t", "0", idle)
         assert (sick.returncode, sick.stdout.strip()) == (1, "unhealthy")
 
         podman("stop", "-t", "45", box, timeout=120)
