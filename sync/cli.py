@@ -17,7 +17,7 @@ import click
 
 from sync import __version__
 from sync.app import App
-from sync.commands import db, images, reading, running, tools
+from sync.commands import db, deploy, images, reading, running, tools
 from sync.console import setup_logging, silence_stdout
 from sync.errors import TasksyncError
 
@@ -66,6 +66,7 @@ for command in (
     tools.config_group,
     tools.simulate,
     tools.demo,
+    deploy.deploy,
 ):
     cli.add_command(command)
 

@@ -1,9 +1,10 @@
-"""`tasksync db ...`: migrations, read-only logins, re-deriving columns, vacuum, checks."""
+"""`tasksync db ...`: migrations, read-only logins, re-deriving columns, vacuum, checks, backups."""
 
 from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import click
 
@@ -122,3 +123,36 @@ def db_check(app: App) -> None:
     if diffs:
         raise TasksyncError(f"schema differs from the models: {'; '.join(diffs)[:500]}")
     click.echo(f"database {store.display_url} is at head ({schema.head()}) and matches the models")
+
+
+@db.command("backup")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@pass_app
+def db_backup(app: App, path: Path) -> None:
+    """Copy a SQLite archive to PATH, online and consistent (never overwrites); for
+    PostgreSQL or MariaDB, print the dump command to run (exit 2)."""
+    import shlex
+
+    from sync.archive import backup, schema
+    from sync.archive.urls import normalize_url
+
+    url = normalize_url(app.settings.database.url)
+    backend = url.get_backend_name()
+    if backend != "sqlite":
+        cmd = shlex.join(backup.dump_command(url.render_as_string(hide_password=False), str(path)))
+        click.echo(cmd)
+        name, secret = (
+            ("PostgreSQL", "PGPASSWORD or ~/.pgpass")
+            if backend == "postgresql"
+            else ("MariaDB", "MYSQL_PWD or ~/.my.cnf")
+        )
+        raise ConfigError(
+            f"a {name} archive is backed up with its own dump tool: run the command above "
+            f"(the password comes from {secret}; see docs/operations.md)"
+        )
+    schema.require_sqlite_file(app.settings.database.url)
+    result = backup.backup_sqlite(Path(url.database or ""), path)
+    click.echo(
+        f"{result.path}: {result.tasks:,} tasks, {result.bytes / 1e6:,.1f} MB, "
+        f"checked, in {result.seconds:.1f}s"
+    )
